@@ -1,0 +1,49 @@
+"""Shared test settings and fixtures.
+
+The environment is set before anything imports vLLM, Triton or the hub client: single-process vLLM, caches
+inside build/, offline hub, and the Triton CPU interpreter when no GPU is present (it must be set before a
+module defining kernels is imported).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CACHE_ROOT", str(_ROOT / "build" / "cache" / "vllm"))
+os.environ.setdefault("TRITON_CACHE_DIR", str(_ROOT / "build" / "cache" / "triton"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The default tiny reasoning model (`<think>`/`</think>` as added tokens, template opens thinking)."""
+    from vllm_ttsplugin.testing import build_tiny_reasoning_model
+
+    path = tmp_path_factory.mktemp("tiny-reasoning-model")
+    build_tiny_reasoning_model(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_model_dir):
+    """One in-process vLLM engine over the tiny model, shared by the tests that only generate."""
+    from vllm import LLM
+
+    from vllm_ttsplugin.testing import small_engine_kwargs
+
+    llm = LLM(str(tiny_model_dir), seed=0, **small_engine_kwargs(max_model_len=1024))
+    yield llm
+    del llm
+    gc.collect()

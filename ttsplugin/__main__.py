@@ -1,0 +1,3 @@
+from ttsplugin.cli import main
+
+raise SystemExit(main())
