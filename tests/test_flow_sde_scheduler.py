@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from flow_sde_helpers import component_tests, energy_distance_test
+from flow_sde_helpers import component_tests, energy_distance_test, one_intra_op_thread
 
 from diffusers_ttsplugin import FlowSDEScheduler, FlowSDESchedulerOutput
 from diffusers_ttsplugin.interpolants import (
@@ -40,6 +40,11 @@ CONFIGS = {
         "diffusion_coefficient": "sigma",
     },
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _small_tensors_one_thread():
+    yield from one_intra_op_thread()
 
 
 def _velocity(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -437,16 +442,6 @@ def test_one_generator_per_row_makes_paths_independent_of_the_batch():
 # -- sampling the analytic flow -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """The toy tensors are small ([2000, 4, 2]); intra-op threads only add barrier waits, which cost seconds per
-    test on a loaded 2-core machine (measured: 23 s vs 1.7 s for one 200-step run)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 NUM_PARTICLES = 2000
 NUM_STEPS = 200
 ALPHA_COMPONENTS = 1e-3  # per test (weights, 4 means, 4 covariances): ≤ 0.9 % false failures per sampler
@@ -483,7 +478,7 @@ def _sample_toy(config: dict, seed: int = 0, patch=None):
     [{"sampler": "ode", "interpolant": "linear"}, {"interpolant": "linear"}, {"interpolant": "vp"}],
     ids=["ode", "linear-sde", "vp-sde"],
 )
-def test_samples_match_the_data_distribution(config, one_thread):
+def test_samples_match_the_data_distribution(config):
     """2000 particles, 200 steps: per-component weights/means/covariances (α = 1e-3 each) and an energy-distance
     two-sample test against fresh data (α = 0.01), at t = 0 and against the closed-form marginal near t = 0.5 (the
     SDE keeps the ODE's marginals along the way, not just at the end)."""
@@ -497,7 +492,7 @@ def test_samples_match_the_data_distribution(config, one_thread):
     assert energy_distance_test(middle["x"][:1500], reference)[1] > ALPHA_ENERGY
 
 
-def test_the_distribution_tests_reject_an_sde_without_the_score_term(one_thread):
+def test_the_distribution_tests_reject_an_sde_without_the_score_term():
     """Negative control: adding the noise g √Δ z without the drift correction −½ g² ∇log p must fail both tests."""
 
     def drop_score(s):
@@ -513,7 +508,7 @@ def test_the_distribution_tests_reject_an_sde_without_the_score_term(one_thread)
 
 
 @pytest.mark.parametrize("interpolant", ["linear", "vp"])
-def test_tweedie_output_is_the_posterior_mean_of_the_analytic_flow(interpolant, one_thread):
+def test_tweedie_output_is_the_posterior_mean_of_the_analytic_flow(interpolant):
     mix = default_mixture(2)
     s = FlowSDEScheduler(interpolant=interpolant)
     s.set_generator(torch.Generator().manual_seed(0))
@@ -528,7 +523,7 @@ def test_tweedie_output_is_the_posterior_mean_of_the_analytic_flow(interpolant, 
         x = out.prev_sample
 
 
-def test_sde_noise_scale_follows_the_diffusion_norm(one_thread):
+def test_sde_noise_scale_follows_the_diffusion_norm():
     """Larger norm, more spread between two runs from the same start (the paper's fidelity/diversity knob)."""
     spreads = []
     for norm in (0.0, 1.0, 3.0):
