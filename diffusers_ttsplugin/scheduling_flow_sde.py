@@ -659,6 +659,8 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             # FlowMatchEulerDiscreteScheduler's exact expression, so the ODE reproduces it bit for bit.
             dt = self.sigmas[i + 1] - self.sigmas[i]
             prev_sample = sample + dt * model_output
+        elif c.noise == 0.0 and c.sample == 1.0:  # linear-frame ODE step, or the final Tweedie step
+            prev_sample = torch.add(sample, model_output, alpha=c.velocity)
         elif c.noise == 0.0:
             prev_sample = torch.mul(sample, c.sample).add_(model_output, alpha=c.velocity)
         else:  # n·z + a·x + b·u: three passes, one allocation
