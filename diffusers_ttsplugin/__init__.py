@@ -17,6 +17,8 @@ _LAZY = {
     "FlowSDESchedulerOutput": "scheduling_flow_sde",
 }
 
+_SUBMODULES = ("interpolants", "toy", "testing", "scheduling_flow_sde")
+
 __all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput"]
 
 
@@ -24,8 +26,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -226,3 +228,13 @@ def test_get_interpolant_and_equality():
 def test_frame_map_is_a_dataclass_of_tensors():
     fm = frame_map(0.5, LIN, VP)
     assert isinstance(fm, FrameMap) and fm.time.dtype == torch.float64
+
+
+def test_math_and_toy_do_not_import_diffusers():
+    """The core is framework-free: search code and the analytic flow run without loading diffusers."""
+    code = (
+        "import sys, diffusers_ttsplugin as d; d.toy.default_mixture(2); d.interpolants.VPInterpolant(); "
+        "assert 'diffusers' not in sys.modules; d.FlowSDEScheduler; assert 'diffusers' in sys.modules"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
