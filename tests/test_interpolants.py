@@ -234,7 +234,7 @@ def test_math_and_toy_do_not_import_diffusers():
     """The core is framework-free: search code and the analytic flow run without loading diffusers."""
     code = (
         "import sys, diffusers_ttsplugin as d; d.toy.default_mixture(2); d.interpolants.VPInterpolant(); "
-        "assert 'diffusers' not in sys.modules; d.FlowSDEScheduler; assert 'diffusers' in sys.modules"
+        "assert 'diffusers' not in sys.modules"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
