@@ -139,3 +139,37 @@ def test_save_pretrained_round_trip(pipe, tmp_path):
     pipe.scheduler.set_generator(torch.Generator().manual_seed(5))
     assert torch.equal(_generate(pipe), outs[0])
     pipe.scheduler = original
+
+
+def test_img2img_pipelines_use_scale_noise_and_a_truncated_grid(pipe):
+    """FluxImg2ImgPipeline / StableDiffusion3Img2ImgPipeline start mid-grid via `set_begin_index` + `scale_noise`."""
+    from diffusers import FluxImg2ImgPipeline, StableDiffusion3Img2ImgPipeline
+
+    cls = FluxImg2ImgPipeline if "flux" in type(pipe).__name__.lower() else StableDiffusion3Img2ImgPipeline
+    img2img = cls(**pipe.components)
+    image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def run(scheduler):
+        img2img.scheduler = scheduler
+        return img2img(
+            "a photo",
+            image=image,
+            strength=0.6,
+            num_inference_steps=5,
+            height=32,
+            width=32,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+            max_sequence_length=32,
+        ).images
+
+    config = pipe.original_scheduler_config
+    reference = run(FlowMatchEulerDiscreteScheduler.from_config(config))
+    assert torch.equal(
+        run(FlowSDEScheduler.from_config(config, sampler="ode", interpolant="linear")), reference
+    )
+    sde = FlowSDEScheduler.from_config(config)
+    sde.set_generator(torch.Generator().manual_seed(1))
+    out = run(sde)
+    assert sde.begin_index == 2 and sde.step_index == 5  # 3 of 5 steps from index 2
+    assert out.shape == reference.shape and torch.isfinite(out).all() and not torch.equal(out, reference)
