@@ -21,8 +21,10 @@ All three are linear in (x, u, z), so one step is `a·x + b·u + n·z` with thre
 The VP schedule covers s ∈ [0, 1], i.e. linear times up to t_{s=1} ≈ 0.99347 (β 0.1…20); pipeline grid points
 above that (the pure-noise start σ = 1) are clamped to it, so the first model call happens at t ≈ 993.47 instead
 of 1000 and an equal neighbour gives a zero-length step. The pipeline's initial noise N(0, I) is taken as the state
-at that first time; its exact marginal there is N(0.0065·x₀, 0.987 I), a 0.66 % scale mismatch far below the
-discretisation error (the released code draws N(0, I) in the VP frame, the same order of mismatch).
+at that first time; its exact marginal there is N(0.0065·x₀, 0.987 I), a 0.66 % scale mismatch, below the
+discretisation error of any practical grid. (The released code draws N(0, I) directly in the VP frame at s = 1, which
+is exact up to the 0.0066·x₀ term; a scheduler cannot, since the pipeline calls the model on its own initial latents
+before the scheduler sees them.)
 """
 
 from __future__ import annotations
