@@ -55,8 +55,9 @@ def resample_ancestors_reference(
 
     The algorithm, shared with the kernel:
       1. q_i = floor(2**S * exp(lw_i - max lw)) as int64 (`fixed_point_bits`), Q = cumsum(q), T = Q[-1].
-      2. One position per slot: multinomial p_k = u_k; stratified p_k = (k + u_k) / N; systematic
-         p_k = (k + u) / N; target t_k = floor(p_k * T) (float64, clamped to [0, T - 1]).
+      2. One integer target per slot, v_k = floor(u_k * T) (float64 product, clamped to [0, T - 1]):
+         multinomial t_k = v_k; stratified t_k = (k T + v_k) // N; systematic the same with one u per row.
+         Integer strata are spaced exactly T / N apart, so systematic's floor/ceil guarantee is exact.
       3. The slot's draw is the smallest i with Q_i > t_k (a zero weight has an empty interval: never drawn).
          Residual: particle i first gets floor(N q_i / T) copies; the R remaining slots draw multinomially from
          the residuals N q_i - T floor(N q_i / T), with the uniforms of slots k >= N - R.
@@ -84,8 +85,9 @@ def resample_ancestors_reference(
         drawn = torch.searchsorted(residual.cumsum(dim=1), target, right=True).clamp_max(num_particles - 1)
         counts = det_counts.scatter_add(1, drawn, (slot >= det_total).to(torch.int64))
     elif scheme in SCHEMES:
-        position = u if scheme == "multinomial" else (slot.to(torch.float64) + u) / num_particles
-        target = _clamp_target((position * total.to(torch.float64)).to(torch.int64), total)
+        target = _clamp_target((u * total.to(torch.float64)).to(torch.int64), total)
+        if scheme != "multinomial":  # slot k's stratum [k T / N, (k + 1) T / N), in exact integers
+            target = (slot * total + target) // num_particles
         drawn = torch.searchsorted(q.cumsum(dim=1), target, right=True).clamp_max(num_particles - 1)
         counts = torch.zeros_like(q).scatter_add(1, drawn, torch.ones_like(drawn))
     else:
