@@ -28,7 +28,9 @@ _RESIDUAL: tl.constexpr = tl.constexpr(_SCHEME_IDS["residual"])
 # Gather tile: at most this many elements per program; a particle wider than _MAX_BLOCK_D spans programs.
 _GATHER_TILE = 4096
 _MAX_BLOCK_D = 4096
-_MIN_ROW_BLOCK = 16
+# A row block of at least one element per thread: no element is replicated across threads, which
+# tl.histogram's lowering counts once per replica in some Triton versions.
+_MIN_ROW_BLOCK = 32
 
 
 @triton.jit
@@ -193,9 +195,11 @@ def _normalized_weights_kernel(
         tl.store(ess_ptr + row, total * total / tl.sum(e * e, axis=0))
 
 
-def _row_block(n: int) -> tuple[int, int]:
+def _row_block(n: int) -> tuple[int, int, int]:
+    """(BLOCK, log2(BLOCK), num_warps) for one program per row of n: at least one element per thread."""
     block = max(_MIN_ROW_BLOCK, triton.next_power_of_2(n))
-    return block, block.bit_length() - 1
+    num_warps = min(block // 32, 16 if block >= 4096 else 8)  # <= 8 int64 values per thread and array
+    return block, block.bit_length() - 1, num_warps
 
 
 def resample_ancestors_triton(
@@ -210,7 +214,7 @@ def resample_ancestors_triton(
     batch_size, n = log_weights.shape
     if batch_size == 0:
         return out
-    block, log2_block = _row_block(n)
+    block, log2_block, num_warps = _row_block(n)
     stride_un = 0 if uniforms.shape[1] == 1 else uniforms.stride(1)
     _resample_ancestors_kernel[(batch_size,)](
         log_weights,
@@ -228,7 +232,7 @@ def resample_ancestors_triton(
         HAS_ROWS=rows is not None,
         BLOCK=block,
         LOG2_BLOCK=log2_block,
-        num_warps=4 if block <= 1024 else 8,
+        num_warps=num_warps,
     )
     return out
 
@@ -288,7 +292,7 @@ def normalized_weights_triton(
     batch_size, n = rewards.shape
     if batch_size == 0:
         return
-    block, _ = _row_block(n)
+    block, _, num_warps = _row_block(n)
     placeholder = weights_out if weights_out is not None else ess_out
     _normalized_weights_kernel[(batch_size,)](
         rewards,
@@ -302,7 +306,7 @@ def normalized_weights_triton(
         WRITE_WEIGHTS=weights_out is not None,
         WRITE_ESS=ess_out is not None,
         BLOCK=block,
-        num_warps=4 if block <= 1024 else 8,
+        num_warps=num_warps,
     )
 
 
