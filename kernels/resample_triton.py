@@ -25,9 +25,11 @@ _SCHEME_IDS = {name: index for index, name in enumerate(SCHEMES)}
 _MULTINOMIAL: tl.constexpr = tl.constexpr(_SCHEME_IDS["multinomial"])
 _RESIDUAL: tl.constexpr = tl.constexpr(_SCHEME_IDS["residual"])
 
-# Gather tile: at most this many elements per program; a particle wider than _MAX_BLOCK_D spans programs.
-_GATHER_TILE = 4096
+# Gather: a particle wider than _MAX_BLOCK_D elements spans programs (32 contiguous elements per thread);
+# narrower ones are packed into tiles of _NARROW_TILE elements (each row has its own source address, so
+# fewer elements per thread keep registers low).
 _MAX_BLOCK_D = 4096
+_NARROW_TILE = 1024
 # A row block of at least one element per thread: no element is replicated across threads, which
 # tl.histogram's lowering counts once per replica in some Triton versions.
 _MIN_ROW_BLOCK = 32
@@ -241,7 +243,7 @@ def gather_launch_config(d: int) -> tuple[int, int, int]:
     """(ROWS, BLOCK_D, num_warps) of the gather for particles of d elements: one wide particle spans programs
     of _MAX_BLOCK_D elements; narrow ones are packed ROWS per program."""
     block_d = min(triton.next_power_of_2(max(d, 1)), _MAX_BLOCK_D)
-    rows = max(1, _GATHER_TILE // block_d)
+    rows = max(1, _NARROW_TILE // block_d)
     return rows, block_d, 4
 
 
