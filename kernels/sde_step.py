@@ -2,7 +2,8 @@
 
 Not part of the public API (`ttsplugin_kernels.__all__`) until `benchmarks/resample_gpu.py` shows on a GPU that
 it beats the torch expression by enough to matter (BENCHMARKS.md, "Fused SDE step"). Dropping it means deleting
-this file, `tests/test_kernels_sde_step.py` and the SDE section of the benchmark.
+this file, `tests/test_kernels_sde_step.py`, the SDE section of the benchmark and its check in
+`tests/test_kernels_benchmark_script.py` (and `benchmarks/compile_kernels.py`'s SDE case).
 
 The step (PAPERS.md section 4, linear interpolant alpha_t = 1 - t, sigma_t = t, sampling t: 1 -> 0):
     score   = (alpha_t u - alpha'_t x) / (sigma_t (alpha'_t sigma_t - alpha_t sigma'_t)) = -(x + (1 - t) u) / t
@@ -79,15 +80,30 @@ def sde_step_triton(
     seed: int | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fused step over contiguous tensors of any shape: `noise` given (same result as the reference up to
-    float rounding) or drawn in the kernel from `seed` (Philox; no noise tensor is read or written)."""
+    """Fused step of the linear interpolant over contiguous tensors of any shape: `noise` given (the
+    reference's result up to float rounding) or drawn in the kernel from `seed` (Philox; no noise tensor)."""
+    return affine_step_triton(x, velocity, *sde_step_coefficients(t, dt, g), noise=noise, seed=seed, out=out)
+
+
+def affine_step_triton(
+    x: torch.Tensor,
+    velocity: torch.Tensor,
+    coef_sample: float,
+    coef_velocity: float,
+    coef_noise: float,
+    noise: torch.Tensor | None = None,
+    seed: int | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """out = coef_sample * x + coef_velocity * velocity + coef_noise * eps in one pass (float32 math), for
+    any scheduler whose step is affine in (sample, model output, noise), e.g. a VP-frame SDE step."""
     if x.shape != velocity.shape or not x.is_contiguous() or not velocity.is_contiguous():
         raise ValueError("`x` and `velocity` must be contiguous tensors of one shape")
     if (noise is None) == (seed is None):
         raise ValueError("pass exactly one of `noise` and `seed`")
     if noise is not None and (noise.shape != x.shape or not noise.is_contiguous()):
         raise ValueError("`noise` must be a contiguous tensor of x's shape")
-    a, b, c = sde_step_coefficients(t, dt, g)
+    a, b, c = float(coef_sample), float(coef_velocity), float(coef_noise)
     out = torch.empty_like(x) if out is None else out
     n = x.numel()
     if n:

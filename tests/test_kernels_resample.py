@@ -538,3 +538,12 @@ def test_bad_input_to_the_other_ops(backend):
         tk.effective_sample_size(torch.zeros(2, 0, device=DEVICE), backend=backend)
     with pytest.raises(ValueError, match=r"`out` must be a float tensor of shape \[2, 1\]"):
         tk.draw_uniforms(2, 4, "systematic", out=torch.empty(2, 4, device=DEVICE))
+
+
+def test_docstring_examples_run():
+    import doctest
+    import sys
+
+    for module in (sys.modules["ttsplugin_kernels.resample"], sys.modules["ttsplugin_kernels"]):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
