@@ -15,6 +15,7 @@ Sections (each printed as a table and written to <out-dir>/resample_gpu.json and
   3. gather_configs: gather launch configurations at the largest size (to tune the defaults).
   4. sde_step: fused SDE step (kernels/sde_step.py) vs the torch expression, with noise drawn by torch or
      in the kernel, for 1, 64 and 512 particles of 262,144 bf16 values. Prints whether fusing pays.
+  5. graphs: sizes <= 16 MiB replayed from a CUDA graph (GPU time without Python launch overhead), last.
 
 Timing: triton.testing.do_bench (CUDA events, L2 flushed between reps) quantiles p50/p20/p80 in ms.
 `--dry-run` runs every section on tiny CPU sizes (kernels under the Triton interpreter, perf_counter timing)
@@ -99,6 +100,18 @@ class Bench:
             fn()
             times.append((time.perf_counter() - start) * 1e3)
         return statistics.median(times), min(times), max(times)
+
+    def graph(self, fn) -> float | None:
+        """p50 ms of `fn` replayed from a CUDA graph (no Python launch overhead); None where capture fails."""
+        if self.device != "cuda":
+            return None
+        from triton.testing import do_bench_cudagraph
+
+        try:
+            return float(do_bench_cudagraph(fn, rep=20, quantiles=[0.5, 0.2, 0.8])[0])
+        except Exception as error:  # e.g. an op that cannot be captured: report, don't fail the run
+            print(f"  (CUDA graph timing unavailable: {type(error).__name__}: {error})")
+            return None
 
 
 def gbps(num_bytes: float, ms: float) -> float:
@@ -309,6 +322,57 @@ def sde_step_case(torch, bench: Bench, particles: int, features: int, device: st
     }
 
 
+def bench_graphs(tk, torch, bench: Bench, sizes, features: int, device: str) -> list[dict]:
+    """Small sizes replayed from a CUDA graph: GPU time without Python launch overhead. Runs last, as a
+    failed capture can leave the CUDA context unusable; the baseline allocates its output per call."""
+    rows = []
+    for batch_size, num_particles in sizes:
+        if batch_size * num_particles * features * 2 > 16 * 2**20:
+            continue
+        g = torch.Generator(device).manual_seed(4)
+        x = torch.randn(batch_size, num_particles, features, device=device, generator=g).to(torch.bfloat16)
+        lw = torch.randn(batch_size, num_particles, device=device, generator=g)
+        u = tk.draw_uniforms(batch_size, num_particles, "systematic", g)
+        a_buffer = torch.empty(batch_size, num_particles, dtype=torch.int64, device=device)
+        batch_index = torch.arange(batch_size, device=device)[:, None]
+
+        def baseline(x=x, lw=lw, n=num_particles, batch_index=batch_index):
+            return x[batch_index, torch.multinomial(torch.softmax(lw, -1), n, replacement=True)]
+
+        def ours_in_place(x=x, lw=lw, u=u, a_buffer=a_buffer):
+            return tk.resample(
+                x, lw, uniforms=u, out=x, ancestors_out=a_buffer, backend="triton", validate=False
+            )
+
+        torch_ms, ours_ms = bench.graph(baseline), bench.graph(ours_in_place)
+        rows.append(
+            {
+                "B": batch_size,
+                "N": num_particles,
+                "graph_torch_ms": torch_ms,
+                "graph_in_place_ms": ours_ms,
+                "graph_speedup": torch_ms / ours_ms if torch_ms and ours_ms else None,
+            }
+        )
+    return rows
+
+
+def save(results: dict, out_dir: Path) -> None:
+    """Write what is measured so far: resample_gpu.json and one CSV per section."""
+    env = results["environment"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "resample_gpu.json").write_text(json.dumps(results, indent=2))
+    for section, rows in results.items():
+        if not isinstance(rows, list) or not rows:
+            continue
+        fields = [k for k in rows[0] if not isinstance(rows[0][k], dict)]
+        with open(out_dir / f"resample_gpu_{section}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["device", "timestamp", *fields], extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({"device": env["device"], "timestamp": env["timestamp"], **row})
+
+
 def environment(torch, device: str) -> dict:
     import triton
 
@@ -357,18 +421,22 @@ def main(argv=None) -> int:
         ["B", "N", "MiB", "torch_ms", "ours_ms", "in_place_ms", "checked_ms", "copy_ms", "speedup",
          "speedup_in_place", "moved_frac", "pct_copy", "pct_copy_in_place", "target_speedup", "target_bandwidth"],
     )  # fmt: skip
+    out_dir = Path(args.out_dir)
+    save(results, out_dir)
     results["ancestors"] = bench_ancestors(tk, torch, bench, [sizes[0], big], device)
     print_table(
         "ancestors alone: p50 ms per scheme vs softmax + torch.multinomial",
         results["ancestors"],
         ["B", "N", "torch_multinomial_ms", *(f"{s}_ms" for s in tk.SCHEMES)],
     )
+    save(results, out_dir)
     results["gather_configs"] = bench_gather_configs(tk, torch, bench, *big, features, device)
     print_table(
         f"gather launch configs at B={big[0]}, N={big[1]}",
         results["gather_configs"],
         ["ROWS", "BLOCK_D", "num_warps", "default", "ms", "pct_copy"],
     )
+    save(results, out_dir)
     results["sde_step"] = bench_sde_step(torch, bench, particles, features, device)
     print_table(
         "fused SDE step vs torch expression: p50 ms",
@@ -384,18 +452,14 @@ def main(argv=None) -> int:
         f"{top['saved_pct_of_flux_step']:.4f} % of a {FLUX_STEP_MS:.0f} ms FLUX step"
     )
     results["sde_verdict"] = verdict
-
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "resample_gpu.json").write_text(json.dumps(results, indent=2))
-    for section in ("resample", "ancestors", "gather_configs", "sde_step"):
-        rows = results[section]
-        fields = [k for k in rows[0] if not isinstance(rows[0][k], dict)]
-        with open(out_dir / f"resample_gpu_{section}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["device", "timestamp", *fields], extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({"device": env["device"], "timestamp": env["timestamp"], **row})
+    save(results, out_dir)
+    results["graphs"] = bench_graphs(tk, torch, bench, sizes, features, device)  # CPU: no graphs, None
+    print_table(
+        "small sizes replayed from a CUDA graph (no launch overhead): p50 ms",
+        results["graphs"],
+        ["B", "N", "graph_torch_ms", "graph_in_place_ms", "graph_speedup"],
+    )
+    save(results, out_dir)
     print(f"\nwrote {out_dir / 'resample_gpu.json'} and resample_gpu_<section>.csv")
     if any(not math.isfinite(r["ours_ms"]) for r in results["resample"]):
         raise SystemExit("non-finite timing")

@@ -30,7 +30,7 @@ def test_benchmark_dry_run_writes_every_section(tmp_path, capsys):
     assert results["dry_run"] is True
     assert [(r["B"], r["N"]) for r in results["resample"]] == [(1, 4), (2, 16)]
     assert results["sde_verdict"] in ("PAYS", "DOES NOT PAY")
-    for section in ("resample", "ancestors", "gather_configs", "sde_step"):
+    for section in ("resample", "ancestors", "gather_configs", "sde_step", "graphs"):
         with open(tmp_path / f"resample_gpu_{section}.csv") as f:
             rows = list(csv.DictReader(f))
         assert rows and rows[0]["device"], section
