@@ -15,7 +15,14 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DRY_RUN=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; fi
-PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+if [[ -z "${PYTHON:-}" ]]; then  # the first interpreter that has torch
+    for candidate in python3 python; do
+        if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then
+            PYTHON=$(command -v "$candidate"); break
+        fi
+    done
+fi
+PYTHON=${PYTHON:-python3}
 OUT=${OUT:-$ROOT/build/gpu_check}
 mkdir -p "$OUT"
 
@@ -37,13 +44,13 @@ echo "== 1/2 kernel tests ($([[ $DRY_RUN == 1 ]] && echo 'CPU interpreter, subse
 TEST_ARGS=(tests/test_kernels_resample.py tests/test_kernels_sde_step.py -q -p no:cacheprovider --durations=10
     --junitxml "$OUT/pytest.xml")
 if [[ $DRY_RUN == 1 ]]; then TEST_ARGS+=(-k "identical_to_reference or matches_reference or fused_step"); fi
-timeout 140 "$PYTHON" -m pytest "${TEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.txt"
+timeout 130 "$PYTHON" -m pytest "${TEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.txt"
 TESTS_RC=${PIPESTATUS[0]}
 
 echo "== 2/2 benchmark"
 BENCH_ARGS=(--out-dir "$OUT")
 if [[ $DRY_RUN == 1 ]]; then BENCH_ARGS+=(--dry-run); fi
-timeout 110 "$PYTHON" benchmarks/resample_gpu.py "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/benchmark.txt"
+timeout 100 "$PYTHON" benchmarks/resample_gpu.py "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/benchmark.txt"
 BENCH_RC=${PIPESTATUS[0]}
 
 verdict() { if [[ $1 == 0 ]]; then echo ok; elif [[ $1 == 124 ]]; then echo "TIMED OUT"; else echo "FAILED (rc $1)"; fi; }

@@ -31,7 +31,7 @@ BACKENDS = [
 ]
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 # On the GPU every new (scheme, block, dtype) is a fresh compile (~0.3-1.5 s): fewer, still varied examples.
-EXAMPLES = 12 if ON_GPU else 30
+EXAMPLES = 10 if ON_GPU else 30
 hypothesis_settings = settings(
     max_examples=EXAMPLES,
     deadline=None,
