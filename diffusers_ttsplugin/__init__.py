@@ -11,13 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .scheduling_flow_sde import FlowSDEScheduler, FlowSDESchedulerOutput
+    from .search import InferenceScaler, SearchResult, SMCCallback
 
 _LAZY = {
     "FlowSDEScheduler": "scheduling_flow_sde",
     "FlowSDESchedulerOutput": "scheduling_flow_sde",
+    "InferenceScaler": "search",
+    "SearchResult": "search",
+    "SMCCallback": "search",
 }
 
-__all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput"]
+__all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput", "InferenceScaler", "SMCCallback", "SearchResult"]
 
 
 def __getattr__(name: str) -> Any:
