@@ -103,6 +103,15 @@ def test_sd3_without_cfg_is_one_row_per_nfe(sd3):
     assert sum(counter.rows) == int(result.nfe[0]) == 8 and result.images.shape == (1, 4, 32, 32)
 
 
+def test_flux_true_cfg_counts_two_rows_per_nfe(flux):
+    pipe, counter = flux
+    counter.reset()
+    result = _scaler(pipe, "svdd", 12, 3)(
+        PROMPT, negative_prompt="blurry", true_cfg_scale=2.0, output_type="latent", **OPTIONS
+    )
+    assert sum(counter.rows) == 2 * int(result.nfe[0]) == 2 * 12 == result.transformer_rows
+
+
 def test_prompts_are_encoded_once(flux):
     pipe, _ = flux
     calls = []
