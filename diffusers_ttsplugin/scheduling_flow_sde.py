@@ -553,8 +553,8 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     # -- step -------------------------------------------------------------------------------------------------
-    def _fill_noise(self, out: torch.Tensor, generator) -> torch.Tensor:
-        """Fill `out` (float32) with N(0, I) in place from `generator` (or the global RNG), allocation-free when the
+    def _fill_noise(self, out: torch.Tensor, std: float, generator) -> torch.Tensor:
+        """Fill `out` (float32) with N(0, std²) in place from `generator` (or the global RNG); allocation-free when the
         generator lives on the tensor's device."""
         if isinstance(generator, list):
             if len(generator) != out.shape[0]:
@@ -563,11 +563,18 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
                     "generator per row to `set_generator`."
                 )
             for row, gen in zip(out, generator, strict=True):
-                self._fill_noise(row, gen)
+                self._fill_noise(row, std, gen)
             return out
         if generator is None or generator.device.type == out.device.type:
-            return out.normal_(generator=generator)
-        return out.copy_(randn_tensor(out.shape, generator=generator, device=out.device, dtype=out.dtype))
+            return out.normal_(0.0, std, generator=generator)
+        out.copy_(randn_tensor(out.shape, generator=generator, device=out.device, dtype=out.dtype))
+        return out.mul_(std)
+
+    @staticmethod
+    def _x0(sample32: torch.Tensor, model_output: torch.Tensor, c: StepCoefficients) -> torch.Tensor:
+        if c.x0_sample == 1.0:  # the linear model frame: x̂₀ = x − σ u in one pass
+            return torch.add(sample32, model_output, alpha=c.x0_velocity)
+        return torch.mul(sample32, c.x0_sample).add_(model_output, alpha=c.x0_velocity)
 
     def tweedie(
         self, model_output: torch.Tensor, sample: torch.Tensor, step_index: int | None = None
@@ -577,8 +584,7 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         stepping: for scoring a proposal with the model output at its own time.
         """
         c = self.step_coefficients(step_index)
-        x0 = torch.mul(sample.to(torch.float32), c.x0_sample)
-        return x0.add_(model_output, alpha=c.x0_velocity).to(model_output.dtype)
+        return self._x0(sample.to(torch.float32), model_output, c).to(model_output.dtype)
 
     def step(
         self,
@@ -648,19 +654,20 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
 
         # Upcast to avoid precision issues when computing prev_sample (as FlowMatchEuler does).
         sample = sample.to(torch.float32)
-        x0 = torch.mul(sample, c.x0_sample).add_(model_output, alpha=c.x0_velocity)
+        x0 = self._x0(sample, model_output, c)
         if self._euler_exact:
             # FlowMatchEulerDiscreteScheduler's exact expression, so the ODE reproduces it bit for bit.
             dt = self.sigmas[i + 1] - self.sigmas[i]
             prev_sample = sample + dt * model_output
         elif c.noise == 0.0:
             prev_sample = torch.mul(sample, c.sample).add_(model_output, alpha=c.velocity)
-        else:
+        else:  # n·z + a·x + b·u: three passes, one allocation
             if noise is not None:
                 prev_sample = torch.mul(noise.to(torch.float32), c.noise)
             else:
-                prev_sample = self._fill_noise(torch.empty_like(sample), generator or self._generator)
-                prev_sample.mul_(c.noise)
+                prev_sample = self._fill_noise(
+                    torch.empty_like(sample), c.noise, self._generator if generator is None else generator
+                )
             prev_sample.add_(sample, alpha=c.sample).add_(model_output, alpha=c.velocity)
 
         self._step_index += 1
