@@ -523,7 +523,7 @@ def _check_weight_values(log_weights: torch.Tensor, name: str, uniforms: torch.T
     """One host sync: NaN / +inf entries, rows with no positive weight, uniforms outside [0, 1)."""
     if log_weights.numel() == 0:
         return
-    flags = [~(log_weights < math.inf).any(), ~(log_weights > -math.inf).any(dim=1).any()]
+    flags = [(~(log_weights < math.inf)).any(), (~(log_weights > -math.inf).any(dim=1)).any()]
     if uniforms is not None:
         flags.append(~((uniforms >= 0) & (uniforms < 1)).all())
     flags = torch.stack(flags).tolist()

@@ -3,7 +3,7 @@
 Three kernels, each launched once per call for the whole batch:
   * `_resample_ancestors_kernel`: one program per row (max-shift, exp, fixed-point weights, scan, binary
     search, offspring histogram, canonical in-place-safe order). Its ancestors equal the reference's for the
-    same uniforms: everything after exp() is integer arithmetic or single IEEE float64 operations.
+    same uniforms: everything after exp() is int64 arithmetic or single IEEE float64 products.
   * `_gather_particles_kernel`: out[b, k] = x[b, ancestors[b, k]] over [rows, features] tiles, a pure copy at
     memory speed; in place it only moves the particles that died (survivors keep their slot).
   * `_normalized_weights_kernel`: softmax(r / temperature) and the effective sample size per row.
@@ -23,13 +23,16 @@ from .resample_reference import SCHEMES, fixed_point_bits
 
 _SCHEME_IDS = {name: index for index, name in enumerate(SCHEMES)}
 _MULTINOMIAL: tl.constexpr = tl.constexpr(_SCHEME_IDS["multinomial"])
-_SYSTEMATIC: tl.constexpr = tl.constexpr(_SCHEME_IDS["systematic"])
 _RESIDUAL: tl.constexpr = tl.constexpr(_SCHEME_IDS["residual"])
 
-# Gather tile: at most this many elements per program; a particle wider than _MAX_BLOCK_D spans programs.
-_GATHER_TILE = 4096
+# Gather: a particle wider than _MAX_BLOCK_D elements spans programs (32 contiguous elements per thread);
+# narrower ones are packed into tiles of _NARROW_TILE elements (each row has its own source address, so
+# fewer elements per thread keep registers low).
 _MAX_BLOCK_D = 4096
-_MIN_ROW_BLOCK = 16
+_NARROW_TILE = 1024
+# A row block of at least one element per thread: no element is replicated across threads, which
+# tl.histogram's lowering counts once per replica in some Triton versions.
+_MIN_ROW_BLOCK = 32
 
 
 @triton.jit
@@ -73,13 +76,13 @@ def _resample_ancestors_kernel(
     # 1. Max-shift, exp, fixed-point weights, exact integer scan.
     lw = tl.load(log_weights_ptr + row * stride_lb + slot * stride_ln, mask=in_row, other=float("-inf"))
     lw = lw.to(tl.float64)
-    # Row-wide flags are kept as [BLOCK] tensors: the 3.9 interpreter mistypes a scalar comparison, and
-    # broadcasting it into a block then fails.
-    row_max = tl.zeros([BLOCK], dtype=tl.float64) + tl.max(lw, axis=0)
-    nan_count = tl.zeros([BLOCK], dtype=tl.int32) + tl.sum((lw != lw).to(tl.int32), axis=0)
-    row_ok = (row_max > float("-inf")) & (row_max < float("inf")) & (nan_count == 0)
+    # A NaN counts as +inf for the max (GPU max reductions drop NaN), so one max flags bad rows: all -inf,
+    # any NaN or +inf. Row-wide flags stay [BLOCK] tensors: the 3.9 interpreter mistypes a comparison of
+    # scalars, and broadcasting that into a block fails.
+    row_max = tl.zeros([BLOCK], dtype=tl.float64) + tl.max(tl.where(lw != lw, float("inf"), lw), axis=0)
+    row_ok = (row_max > float("-inf")) & (row_max < float("inf"))
     kept = (lw > float("-inf")) & row_ok
-    scaled = tl.where(kept, tl.exp(tl.where(kept, lw - row_max, 0.0)), 0.0)
+    scaled = tl.where(kept, tl.exp(tl.where(kept, lw, 0.0) - tl.where(kept, row_max, 0.0)), 0.0)
     q = (scaled * fixed_point_scale).to(tl.int64)
     total = tl.maximum(tl.sum(q, axis=0), 1)
     u = tl.load(uniforms_ptr + row * stride_ub + slot * stride_un, mask=in_row, other=0.0).to(tl.float64)
@@ -98,12 +101,10 @@ def _resample_ancestors_kernel(
         drawn = _search_right(scratch, target, n, draws, LOG2_BLOCK)
         counts = det_counts + tl.histogram(tl.where(draws, drawn, 0).to(tl.int32), BLOCK, mask=draws)
     else:
-        if SCHEME == _MULTINOMIAL:
-            position = u
-        else:  # stratified (k + u_k) / N, systematic (k + u) / N: uniforms_ptr has stride_un = 0
-            position = (slot.to(tl.float64) + u) / n
-        target = (position * total.to(tl.float64)).to(tl.int64)
+        target = (u * total.to(tl.float64)).to(tl.int64)
         target = tl.maximum(tl.minimum(target, total - 1), 0)
+        if SCHEME != _MULTINOMIAL:  # slot k's stratum, exact; systematic reads one u per row (stride_un = 0)
+            target = (slot.to(tl.int64) * total + target) // n
         tl.store(scratch + slot, tl.cumsum(q, axis=0), mask=in_row)
         tl.debug_barrier()
         drawn = _search_right(scratch, target, n, in_row, LOG2_BLOCK)
@@ -187,7 +188,7 @@ def _normalized_weights_kernel(
     row_max = tl.max(z, axis=0)
     kept = z > float("-inf")
     # A row of -inf (or NaN) yields 0/0 = NaN, as torch.softmax does; validated inputs never get here.
-    e = tl.where(kept, tl.exp(tl.where(kept, z - row_max, 0.0)), 0.0)
+    e = tl.where(kept, tl.exp(tl.where(kept, z, 0.0) - tl.where(kept, row_max, 0.0)), 0.0)
     e = tl.where(z != z, float("nan"), e)
     total = tl.sum(e, axis=0)
     if WRITE_WEIGHTS:
@@ -196,9 +197,11 @@ def _normalized_weights_kernel(
         tl.store(ess_ptr + row, total * total / tl.sum(e * e, axis=0))
 
 
-def _row_block(n: int) -> tuple[int, int]:
+def _row_block(n: int) -> tuple[int, int, int]:
+    """(BLOCK, log2(BLOCK), num_warps) for one program per row of n: at least one element per thread."""
     block = max(_MIN_ROW_BLOCK, triton.next_power_of_2(n))
-    return block, block.bit_length() - 1
+    num_warps = min(block // 32, 16 if block >= 4096 else 8)  # <= 8 int64 values per thread and array
+    return block, block.bit_length() - 1, num_warps
 
 
 def resample_ancestors_triton(
@@ -213,7 +216,7 @@ def resample_ancestors_triton(
     batch_size, n = log_weights.shape
     if batch_size == 0:
         return out
-    block, log2_block = _row_block(n)
+    block, log2_block, num_warps = _row_block(n)
     stride_un = 0 if uniforms.shape[1] == 1 else uniforms.stride(1)
     _resample_ancestors_kernel[(batch_size,)](
         log_weights,
@@ -231,7 +234,7 @@ def resample_ancestors_triton(
         HAS_ROWS=rows is not None,
         BLOCK=block,
         LOG2_BLOCK=log2_block,
-        num_warps=4 if block <= 1024 else 8,
+        num_warps=num_warps,
     )
     return out
 
@@ -240,7 +243,7 @@ def gather_launch_config(d: int) -> tuple[int, int, int]:
     """(ROWS, BLOCK_D, num_warps) of the gather for particles of d elements: one wide particle spans programs
     of _MAX_BLOCK_D elements; narrow ones are packed ROWS per program."""
     block_d = min(triton.next_power_of_2(max(d, 1)), _MAX_BLOCK_D)
-    rows = max(1, _GATHER_TILE // block_d)
+    rows = max(1, _NARROW_TILE // block_d)
     return rows, block_d, 4
 
 
@@ -291,7 +294,7 @@ def normalized_weights_triton(
     batch_size, n = rewards.shape
     if batch_size == 0:
         return
-    block, _ = _row_block(n)
+    block, _, num_warps = _row_block(n)
     placeholder = weights_out if weights_out is not None else ess_out
     _normalized_weights_kernel[(batch_size,)](
         rewards,
@@ -305,7 +308,7 @@ def normalized_weights_triton(
         WRITE_WEIGHTS=weights_out is not None,
         WRITE_ESS=ess_out is not None,
         BLOCK=block,
-        num_warps=4 if block <= 1024 else 8,
+        num_warps=num_warps,
     )
 
 

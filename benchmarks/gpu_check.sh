@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One-shot GPU check of the Triton kernels (issue 7), from the repo root of a checkout, project not installed:
+#
+#   bash benchmarks/gpu_check.sh              # on the GPU machine: ~2-3 minutes on an H200
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh --dry-run   # on a CPU: checks this script's logic
+#
+# 1. the kernel test files on CUDA (pytest + hypothesis; the same files CI runs under the interpreter),
+# 2-4. benchmarks/resample_gpu.py: resampling vs torch multinomial + gather, bandwidth vs a D2D copy,
+#    ancestor kernel per scheme, gather launch configs, fused SDE step vs the torch expression.
+# Results go to $OUT (default build/gpu_check): env.txt, pytest.txt, pytest.xml, benchmark.txt,
+# resample_gpu.json, resample_gpu_<section>.csv. Both steps always run; the exit status is non-zero if
+# either failed, and the last line says which.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DRY_RUN=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; fi
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
+OUT=${OUT:-$ROOT/build/gpu_check}
+mkdir -p "$OUT"
+
+# `ttsplugin_kernels` is the kernels/ folder: expose it under that name without installing anything.
+SHIM=$(mktemp -d)
+trap 'rm -rf "$SHIM"' EXIT
+ln -s "$ROOT/kernels" "$SHIM/ttsplugin_kernels"
+export PYTHONPATH="$SHIM:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$ROOT/build/cache/triton}  # tests and benchmark share compiles
+
+{
+    date -u +"%Y-%m-%dT%H:%M:%SZ"
+    git -C "$ROOT" rev-parse HEAD 2>/dev/null || true
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$PYTHON" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+} 2>&1 | tee "$OUT/env.txt"
+
+echo "== 1/2 kernel tests ($([[ $DRY_RUN == 1 ]] && echo 'CPU interpreter, subset' || echo CUDA))"
+TEST_ARGS=(tests/test_kernels_resample.py tests/test_kernels_sde_step.py -q -p no:cacheprovider --durations=10
+    --junitxml "$OUT/pytest.xml")
+if [[ $DRY_RUN == 1 ]]; then TEST_ARGS+=(-k "identical_to_reference or matches_reference or fused_step"); fi
+timeout 140 "$PYTHON" -m pytest "${TEST_ARGS[@]}" 2>&1 | tee "$OUT/pytest.txt"
+TESTS_RC=${PIPESTATUS[0]}
+
+echo "== 2/2 benchmark"
+BENCH_ARGS=(--out-dir "$OUT")
+if [[ $DRY_RUN == 1 ]]; then BENCH_ARGS+=(--dry-run); fi
+timeout 110 "$PYTHON" benchmarks/resample_gpu.py "${BENCH_ARGS[@]}" 2>&1 | tee "$OUT/benchmark.txt"
+BENCH_RC=${PIPESTATUS[0]}
+
+verdict() { if [[ $1 == 0 ]]; then echo ok; elif [[ $1 == 124 ]]; then echo "TIMED OUT"; else echo "FAILED (rc $1)"; fi; }
+echo "gpu_check: tests $(verdict "$TESTS_RC"), benchmark $(verdict "$BENCH_RC"); results in $OUT"
+[[ $TESTS_RC == 0 && $BENCH_RC == 0 ]]

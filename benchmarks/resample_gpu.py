@@ -1,0 +1,406 @@
+"""Benchmark: Triton resampling vs torch's multinomial + gather, and a fused SDE step vs its torch expression.
+
+On a GPU (the real run, ~1 minute on an H200):
+
+    python benchmarks/resample_gpu.py --out-dir "$OUT"
+
+Sections (each printed as a table and written to <out-dir>/resample_gpu.json and one CSV per section):
+  1. resample: B in {1, 8}, N in {4, 16, 64, 256}, 262,144 bf16 values per particle (a FLUX latent at 1024^2),
+     systematic, log weights ~ N(0, 1). Providers: torch softmax + multinomial + index gather (the baseline),
+     ours out of place, ours in place with preallocated buffers (what a sampler loop runs), ours with input
+     validation (one host sync), and a device-to-device copy of the same bytes. Effective bandwidth counts
+     the bytes actually read and written (in place: only the particles that move, averaged over 32 draws).
+     Targets: >= 4x the baseline; >= 80 % of copy bandwidth at the large sizes (>= 64 MiB of particles).
+  2. ancestors: the ancestor kernel alone per scheme vs softmax + torch.multinomial.
+  3. gather_configs: gather launch configurations at the largest size (to tune the defaults).
+  4. sde_step: fused SDE step (kernels/sde_step.py) vs the torch expression, with noise drawn by torch or
+     in the kernel, for 1, 64 and 512 particles of 262,144 bf16 values. Prints whether fusing pays.
+
+Timing: triton.testing.do_bench (CUDA events, L2 flushed between reps) quantiles p50/p20/p80 in ms.
+`--dry-run` runs every section on tiny CPU sizes (kernels under the Triton interpreter, perf_counter timing)
+to check this script's logic without a GPU; its numbers mean nothing.
+
+Works from a checkout without installing the project: `ttsplugin_kernels` is imported from ../kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLUX_STEP_MS = 170.0  # one FLUX-12B transformer step at 1024^2 per image on an H200 (DESIGN.md anchor)
+SPEEDUP_TARGET = 4.0
+BANDWIDTH_TARGET = 0.80
+LARGE_BYTES = 64 * 2**20
+
+
+def import_kernels():
+    """`ttsplugin_kernels`, installed or straight from this checkout's kernels/ folder."""
+    try:
+        import ttsplugin_kernels
+
+        return ttsplugin_kernels
+    except ImportError:
+        spec = importlib.util.spec_from_file_location(
+            "ttsplugin_kernels",
+            ROOT / "kernels" / "__init__.py",
+            submodule_search_locations=[str(ROOT / "kernels")],
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ttsplugin_kernels"] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--out-dir",
+        default=os.environ.get("OUT") or str(ROOT / "build" / "bench"),
+        help="where to write resample_gpu.json and the CSVs (default: $OUT, else build/bench)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny sizes on the CPU (Triton interpreter), to check the script without a GPU",
+    )
+    parser.add_argument("--rep-ms", type=float, default=100.0, help="do_bench measuring time per case (ms)")
+    return parser.parse_args(argv)
+
+
+class Bench:
+    """Times a callable: do_bench quantiles on CUDA, perf_counter medians on the CPU (dry run)."""
+
+    def __init__(self, device: str, rep_ms: float):
+        self.device = device
+        self.rep_ms = rep_ms
+
+    def __call__(self, fn) -> tuple[float, float, float]:
+        if self.device == "cuda":
+            from triton.testing import do_bench
+
+            p50, p20, p80 = do_bench(fn, warmup=25, rep=self.rep_ms, quantiles=[0.5, 0.2, 0.8])
+            return float(p50), float(p20), float(p80)
+        fn()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times), min(times), max(times)
+
+
+def gbps(num_bytes: float, ms: float) -> float:
+    return num_bytes / (ms * 1e-3) / 1e9
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    print(f"\n## {title}")
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(_fmt(row.get(c)).rjust(widths[c]) for c in columns))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def bench_resample(tk, torch, bench: Bench, sizes, features: int, device: str) -> list[dict]:
+    return [resample_case(tk, torch, bench, b, n, features, device) for b, n in sizes]
+
+
+def resample_case(tk, torch, bench: Bench, batch_size: int, num_particles: int, features: int, device: str):
+    dtype = torch.bfloat16
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch_size, num_particles, features, device=device, generator=g).to(dtype)
+    lw = torch.randn(batch_size, num_particles, device=device, generator=g)
+    batch_index = torch.arange(batch_size, device=device)[:, None]
+    particle_bytes = x.numel() * x.element_size()
+
+    # Correctness first: a wrong kernel must fail the run, not produce a fast number.
+    u = tk.draw_uniforms(batch_size, num_particles, "systematic", g)
+    got, ancestors = tk.resample(x, lw, uniforms=u, backend="triton")
+    expected, expected_ancestors = tk.resample(x, lw, uniforms=u, backend="torch")
+    if not (torch.equal(ancestors, expected_ancestors) and torch.equal(got, expected)):
+        raise AssertionError(
+            f"Triton resample differs from the reference at B={batch_size}, N={num_particles}"
+        )
+    work = x.clone()
+    tk.resample(work, lw, uniforms=u, out=work, backend="triton")
+    if not torch.equal(work, expected):
+        raise AssertionError(
+            f"in-place resample differs from the reference at B={batch_size}, N={num_particles}"
+        )
+
+    slots = torch.arange(num_particles, device=device)
+    draws = 32 if device == "cuda" else 2
+    moved = statistics.mean(
+        float((tk.resample_ancestors(lw, "systematic", g) != slots).sum()) for _ in range(draws)
+    )
+
+    def torch_baseline():
+        weights = torch.softmax(lw, dim=-1)
+        return x[batch_index, torch.multinomial(weights, num_particles, replacement=True)]
+
+    out_buffer = torch.empty_like(x)
+    work = x.clone()
+    u_buffer = torch.empty(batch_size, 1, dtype=torch.float64, device=device)
+    a_buffer = torch.empty(batch_size, num_particles, dtype=torch.int64, device=device)
+
+    def ours():
+        return tk.resample(x, lw, "systematic", g, backend="triton", validate=False)
+
+    def ours_in_place():
+        uniforms = tk.draw_uniforms(batch_size, num_particles, "systematic", g, out=u_buffer)
+        return tk.resample(
+            work,
+            lw,
+            uniforms=uniforms,
+            out=work,
+            ancestors_out=a_buffer,
+            backend="triton",
+            validate=False,
+        )
+
+    def ours_checked():
+        return tk.resample(x, lw, "systematic", g, out=out_buffer, backend="triton", validate=True)
+
+    def copy():
+        return out_buffer.copy_(x)
+
+    times = {name: bench(fn) for name, fn in [
+        ("torch", torch_baseline), ("ours", ours), ("ours_in_place", ours_in_place),
+        ("ours_checked", ours_checked), ("copy", copy),
+    ]}  # fmt: skip
+    copy_bw = gbps(2 * particle_bytes, times["copy"][0])
+    bw = gbps(2 * particle_bytes, times["ours"][0])
+    bw_in_place = gbps(2 * particle_bytes * moved / (batch_size * num_particles), times["ours_in_place"][0])
+    large = particle_bytes >= LARGE_BYTES
+    best_speedup = times["torch"][0] / min(times["ours"][0], times["ours_in_place"][0])
+    row = {
+        "B": batch_size,
+        "N": num_particles,
+        "MiB": particle_bytes / 2**20,
+        "torch_ms": times["torch"][0],
+        "ours_ms": times["ours"][0],
+        "in_place_ms": times["ours_in_place"][0],
+        "checked_ms": times["ours_checked"][0],
+        "copy_ms": times["copy"][0],
+        "speedup": times["torch"][0] / times["ours"][0],
+        "speedup_in_place": times["torch"][0] / times["ours_in_place"][0],
+        "moved_frac": moved / (batch_size * num_particles),
+        "GBps": bw,
+        "GBps_in_place": bw_in_place,
+        "copy_GBps": copy_bw,
+        "pct_copy": bw / copy_bw,
+        "pct_copy_in_place": bw_in_place / copy_bw,
+        "target_speedup": "met" if best_speedup >= SPEEDUP_TARGET else "missed",
+        "target_bandwidth": ("met" if bw / copy_bw >= BANDWIDTH_TARGET else "missed") if large else "n/a",
+        "quantiles_ms": {name: list(t) for name, t in times.items()},
+    }  # fmt: skip
+    return row
+
+
+def bench_ancestors(tk, torch, bench: Bench, sizes, device: str) -> list[dict]:
+    rows = []
+    for batch_size, num_particles in sizes:
+        g = torch.Generator(device).manual_seed(1)
+        lw = torch.randn(batch_size, num_particles, device=device, generator=g)
+        a_buffer = torch.empty(batch_size, num_particles, dtype=torch.int64, device=device)
+        baseline = bench(
+            lambda lw=lw, n=num_particles: torch.multinomial(torch.softmax(lw, -1), n, replacement=True)
+        )[0]
+        row = {"B": batch_size, "N": num_particles, "torch_multinomial_ms": baseline}
+        for scheme in tk.SCHEMES:
+            row[f"{scheme}_ms"] = bench(
+                lambda lw=lw, s=scheme, g=g, out=a_buffer: tk.resample_ancestors(
+                    lw, s, g, out=out, backend="triton", validate=False
+                )
+            )[0]
+        rows.append(row)
+    return rows
+
+
+def bench_gather_configs(tk, torch, bench: Bench, batch_size: int, num_particles: int, features: int, device):
+    from ttsplugin_kernels.resample_triton import gather_launch_config, gather_particles_triton
+
+    g = torch.Generator(device).manual_seed(2)
+    x = torch.randn(batch_size, num_particles, features, device=device, generator=g).to(torch.bfloat16)
+    out = torch.empty_like(x)
+    ancestors = tk.resample_ancestors(torch.randn(batch_size, num_particles, device=device, generator=g))
+    expected = x[torch.arange(batch_size, device=device)[:, None], ancestors]
+    default = gather_launch_config(features)
+    configs = [default] + [
+        (rows, block_d, warps)
+        for rows, block_d, warps in [(1, 1024, 4), (1, 2048, 4), (1, 8192, 8), (2, 2048, 4), (1, 4096, 8)]
+        if block_d <= max(16, features) and (rows, block_d, warps) != default
+    ]
+    rows = []
+    copy_ms = bench(lambda: out.copy_(x))[0]
+    for config in configs:
+        out.zero_()
+        gather_particles_triton(x, ancestors, out, config=config)
+        if not torch.equal(out, expected):
+            raise AssertionError(f"gather config {config} is wrong")
+        ms = bench(lambda config=config: gather_particles_triton(x, ancestors, out, config=config))[0]
+        rows.append(
+            {
+                "ROWS": config[0],
+                "BLOCK_D": config[1],
+                "num_warps": config[2],
+                "default": config == default,
+                "ms": ms,
+                "pct_copy": copy_ms / ms,
+            }
+        )
+    return rows
+
+
+def bench_sde_step(torch, bench: Bench, particle_counts, features: int, device: str) -> list[dict]:
+
+    return [sde_step_case(torch, bench, particles, features, device) for particles in particle_counts]
+
+
+def sde_step_case(torch, bench: Bench, particles: int, features: int, device: str) -> dict:
+    from ttsplugin_kernels.sde_step import sde_step_reference, sde_step_triton
+
+    t, dt = 0.5, 0.1
+    diffusion = 3 * t**2
+    g = torch.Generator(device).manual_seed(3)
+    x = torch.randn(particles, features, device=device, generator=g).to(torch.bfloat16)
+    u = torch.randn(particles, features, device=device, generator=g).to(torch.bfloat16)
+    noise = torch.randn(particles, features, device=device, generator=g).to(torch.bfloat16)
+    expected = sde_step_reference(x, u, t, dt, diffusion, noise)
+    got = sde_step_triton(x, u, t, dt, diffusion, noise=noise)
+    if not torch.allclose(got.float(), expected.float(), atol=0.05, rtol=0.02):
+        raise AssertionError(f"fused SDE step differs from the torch expression at {particles} particles")
+
+    def torch_with_noise():  # what a scheduler runs: draw the noise, then the expression
+        return sde_step_reference(x, u, t, dt, diffusion, torch.randn(x.shape, device=device, dtype=x.dtype))
+
+    times = {
+        "torch_ms": bench(torch_with_noise)[0],
+        "torch_noise_given_ms": bench(lambda: sde_step_reference(x, u, t, dt, diffusion, noise))[0],
+        "fused_noise_given_ms": bench(lambda: sde_step_triton(x, u, t, dt, diffusion, noise=noise))[0],
+        "fused_philox_ms": bench(lambda: sde_step_triton(x, u, t, dt, diffusion, seed=7))[0],
+    }
+    saved_us = (times["torch_ms"] - times["fused_philox_ms"]) * 1e3 / particles
+    return {
+        "particles": particles,
+        **times,
+        "speedup_philox": times["torch_ms"] / times["fused_philox_ms"],
+        "speedup_noise_given": times["torch_noise_given_ms"] / times["fused_noise_given_ms"],
+        "saved_us_per_particle": saved_us,
+        "saved_pct_of_flux_step": saved_us / (FLUX_STEP_MS * 1e3) * 100,
+    }
+
+
+def environment(torch, device: str) -> dict:
+    import triton
+
+    info = {
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+    return info
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+
+    tk = import_kernels()
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU, or pass --dry-run to check the script on the CPU")
+    if args.dry_run:
+        features, sizes, big, particles = 64, [(1, 4), (2, 16)], (2, 16), [1, 4]
+    else:
+        features, sizes, big, particles = (
+            262_144,
+            [(b, n) for b in (1, 8) for n in (4, 16, 64, 256)],
+            (8, 256),
+            [1, 64, 512],
+        )
+    bench = Bench(device, args.rep_ms)
+    env = environment(torch, device)
+    print(
+        f"# resample_gpu on {env['device']}: torch {env['torch']}, triton {env['triton']}, dry run: {args.dry_run}"
+    )
+
+    results = {"environment": env, "dry_run": args.dry_run}
+    results["resample"] = bench_resample(tk, torch, bench, sizes, features, device)
+    print_table(
+        f"resample (systematic, bf16, {features} values per particle): time p50 ms, speedup vs torch, bandwidth",
+        results["resample"],
+        ["B", "N", "MiB", "torch_ms", "ours_ms", "in_place_ms", "checked_ms", "copy_ms", "speedup",
+         "speedup_in_place", "moved_frac", "pct_copy", "pct_copy_in_place", "target_speedup", "target_bandwidth"],
+    )  # fmt: skip
+    results["ancestors"] = bench_ancestors(tk, torch, bench, [sizes[0], big], device)
+    print_table(
+        "ancestors alone: p50 ms per scheme vs softmax + torch.multinomial",
+        results["ancestors"],
+        ["B", "N", "torch_multinomial_ms", *(f"{s}_ms" for s in tk.SCHEMES)],
+    )
+    results["gather_configs"] = bench_gather_configs(tk, torch, bench, *big, features, device)
+    print_table(
+        f"gather launch configs at B={big[0]}, N={big[1]}",
+        results["gather_configs"],
+        ["ROWS", "BLOCK_D", "num_warps", "default", "ms", "pct_copy"],
+    )
+    results["sde_step"] = bench_sde_step(torch, bench, particles, features, device)
+    print_table(
+        "fused SDE step vs torch expression: p50 ms",
+        results["sde_step"],
+        ["particles", "torch_ms", "fused_philox_ms", "speedup_philox", "torch_noise_given_ms",
+         "fused_noise_given_ms", "speedup_noise_given", "saved_us_per_particle", "saved_pct_of_flux_step"],
+    )  # fmt: skip
+    top = results["sde_step"][-1]
+    verdict = "PAYS" if top["speedup_philox"] >= 2.0 else "DOES NOT PAY"
+    print(
+        f"\nfused SDE step at {top['particles']} particles: {top['speedup_philox']:.2f}x the torch expression "
+        f"({verdict} against it, rule: >= 2x); it saves {top['saved_us_per_particle']:.2f} us per particle-step, "
+        f"{top['saved_pct_of_flux_step']:.4f} % of a {FLUX_STEP_MS:.0f} ms FLUX step"
+    )
+    results["sde_verdict"] = verdict
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "resample_gpu.json").write_text(json.dumps(results, indent=2))
+    for section in ("resample", "ancestors", "gather_configs", "sde_step"):
+        rows = results[section]
+        fields = [k for k in rows[0] if not isinstance(rows[0][k], dict)]
+        with open(out_dir / f"resample_gpu_{section}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["device", "timestamp", *fields], extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({"device": env["device"], "timestamp": env["timestamp"], **row})
+    print(f"\nwrote {out_dir / 'resample_gpu.json'} and resample_gpu_<section>.csv")
+    if any(not math.isfinite(r["ours_ms"]) for r in results["resample"]):
+        raise SystemExit("non-finite timing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
