@@ -40,6 +40,7 @@ def ensure_tiny_model(workdir: Path, seed: int = 0) -> Path:
 def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
     _header("vLLM")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the demo prints its own account of each step
     model = args.model or str(ensure_tiny_model(workdir, args.seed))
 
     from vllm import LLM, SamplingParams
