@@ -309,3 +309,18 @@ def test_analytic_flow_object_is_adapted_directly():
     mix = default_mixture(3)
     result = _run(_scaler(AnalyticFlow(mix), MixtureModeReward(mix, 3), "code", 60, 5), output_type="latent")
     assert result.images.shape == (1, 3)
+
+
+def test_decoder_and_output_types(problem):
+    flow, _ = problem
+
+    def decoder(x):  # a 2-D point as a 4x4 RGB image
+        return torch.sigmoid(x).mean(1).view(-1, 1, 1, 1).expand(-1, 3, 4, 4)
+
+    adapter = VelocityAdapter(flow.mixture.velocity, (2,), decoder=decoder)
+    scaler = _scaler(adapter, lambda images, prompts: images.mean(dim=(1, 2, 3)), "svdd")
+    pil = _run(scaler, output_type="pil").images
+    array = _run(scaler, output_type="np").images
+    tensor = _run(scaler, output_type="pt").images
+    assert pil[0].size == (4, 4) and array.shape == (1, 4, 4, 3) and tensor.shape == (1, 3, 4, 4)
+    assert abs(float(array[0, 0, 0, 0]) - float(tensor[0, 0, 0, 0])) < 1e-6

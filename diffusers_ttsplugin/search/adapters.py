@@ -166,14 +166,8 @@ class FlowAdapter:
         if output_type == "pil":
             from PIL import Image
 
-            return [
-                Image.fromarray(
-                    (a * 255).round().astype(np.uint8).squeeze(-1)
-                    if a.shape[-1] == 1
-                    else (a * 255).round().astype(np.uint8)
-                )
-                for a in array
-            ]
+            pixels = (array * 255).round().astype(np.uint8)
+            return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]
         raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
 
 
