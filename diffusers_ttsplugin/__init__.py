@@ -1,4 +1,5 @@
-"""Diffusion side of ttsplugin: a flow SDE scheduler for diffusers, interpolant math and an analytic test flow.
+"""Diffusion side of ttsplugin: a flow SDE scheduler for diffusers, particle search (InferenceScaler, SMCCallback),
+rewards, interpolant math and an analytic test flow.
 
 `FlowSDEScheduler` imports diffusers, so it is loaded on first access; `diffusers_ttsplugin.interpolants` and
 `diffusers_ttsplugin.toy` need only torch.
@@ -11,15 +12,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .scheduling_flow_sde import FlowSDEScheduler, FlowSDESchedulerOutput
+    from .search import InferenceScaler, SearchResult, SMCCallback
 
 _LAZY = {
     "FlowSDEScheduler": "scheduling_flow_sde",
     "FlowSDESchedulerOutput": "scheduling_flow_sde",
+    "InferenceScaler": "search",
+    "SearchResult": "search",
+    "SMCCallback": "search",
 }
 
-_SUBMODULES = ("interpolants", "toy", "testing", "scheduling_flow_sde")
+_SUBMODULES = ("interpolants", "toy", "testing", "scheduling_flow_sde", "rewards", "search")
 
-__all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput"]
+__all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput", "InferenceScaler", "SMCCallback", "SearchResult"]
 
 
 def __getattr__(name: str) -> Any:

@@ -39,6 +39,11 @@ def _add_demo(subparsers) -> None:
     )
     p.add_argument("--skip-llm", action="store_true", help="skip the vLLM part")
     p.add_argument("--skip-diffusion", action="store_true", help="skip the diffusers part")
+    p.add_argument(
+        "--skip-search",
+        action="store_true",
+        help="skip the particle-search part (analytic flow + FLUX plots)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for models and sampling (default: 0)")
     p.add_argument(
         "--max-model-len",
@@ -60,6 +65,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _add_search(subparsers) -> None:
+    from ttsplugin.search_command import add_search_parser
+
+    add_search_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ttsplugin",
@@ -69,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ttsplugin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(subparsers)
+    _add_search(subparsers)
     return parser
 
 

@@ -103,6 +103,13 @@ def demo_diffusion(args: argparse.Namespace, workdir: Path) -> None:
     print(f"{len(images)} images of {images[0].size[0]}x{images[0].size[1]} in {elapsed:.2f} s -> {out_dir}")
 
 
+def demo_search(args: argparse.Namespace, workdir: Path) -> None:
+    _header("particle search (diffusers_ttsplugin.InferenceScaler)")
+    from diffusers_ttsplugin.search.demo import run_search_demo
+
+    run_search_demo(workdir, seed=args.seed, device=args.device, pipeline=args.pipeline)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     workdir = _workdir(args)
     print(f"ttsplugin demo (workdir {workdir})")
@@ -110,5 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
         demo_llm(args, workdir)
     if not args.skip_diffusion:
         demo_diffusion(args, workdir)
+    if not args.skip_diffusion and not getattr(args, "skip_search", False):
+        demo_search(args, workdir)
     print("\ndemo finished")
     return 0

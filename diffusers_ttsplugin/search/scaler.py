@@ -1,0 +1,659 @@
+"""`InferenceScaler`: particle search over a flow pipeline with a reward and an exact NFE budget.
+
+Methods (Kim et al. 2025, "Inference-time scaling for flow models via stochastic generation and rollover budget
+forcing"; settings at 500 NFE / 10 steps in parentheses, counts scale with the budget — see
+[`~diffusers_ttsplugin.search.budget.plan_search`]):
+
+- "bon"  best-of-N: N full trajectories (N = 50), the best final reward wins. Linear ODE by default.
+- "sop"  search over paths (Ma et al. 2025): C chains (2) solved to a seed level, then repeatedly forward-noised f
+  grid steps and re-solved f + 1 steps back with K candidates per chain, keeping the best. Linear ODE by default.
+- "smc"  sequential Monte Carlo: N particles (50) with weights exp((r_t − r_{t−1}) / λ), resampled when
+  ESS < threshold · N (0.5, multinomial as in the released code).
+- "svdd" C chains (2), K SDE proposals per chain per step (25), the best proposal continues (argmax).
+- "code" like SVDD, but each candidate runs a block of L steps (2) before the selection.
+- "rbf"  Rollover Budget Forcing: C chains (2), each started from the best of K₀ initial noises (25), drawing one
+  proposal at a time per step under a quota, accepting the first that beats the running best and rolling the unused
+  quota over; the last step spends the rest.
+
+Particle methods default to the VP-SDE (the paper's best), BoN and SoP to the linear ODE; `sampler`/`interpolant`
+override that. Every proposal is scored on the decoded Tweedie estimate x̂₀ at its time; the returned sample is the
+Tweedie estimate at the last non-zero time (`final_step="tweedie"`, the released code's output) or the result of
+integrating the last step to t = 0 (`final_step="integrate"`, rescored).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..rewards import RewardFn, check_rewards, reward_input
+from .adapters import FlowAdapter, adapter_for
+from .budget import METHODS, NFELedger, RolloverBudgetForcing, SearchPlan, plan_search
+from .smc import effective_sample_size, resample, update_log_weights
+from .trace import SearchTrace, StepRecord
+
+FINAL_STEPS = ("tweedie", "integrate")
+ODE_METHODS = ("bon", "sop")
+
+
+@dataclass
+class SearchResult:
+    """What [`InferenceScaler`] returns (one entry per prompt).
+
+    Attributes:
+        images: The chosen image of each prompt (`output_type`: list of PIL images, numpy `[B, H, W, 3]`, tensor
+            `[B, 3, H, W]` in [0, 1], or latents).
+        reward (`torch.Tensor` `[B]`): The chosen sample's reward.
+        nfe (`torch.Tensor` `[B]`, int64): NFE each prompt used (never more than `nfe_budget`).
+        trace ([`SearchTrace`]): Per-step records (times, proposal rewards, accepted / rolled-over budget,
+            resampling events), JSON-serialisable.
+        latents (`torch.Tensor` `[B, ...]`): The chosen samples in the model's latent frame (float32).
+        transformer_rows (`int`): Transformer rows run (NFE × 2 with classifier-free guidance).
+    """
+
+    images: Any
+    reward: torch.Tensor
+    nfe: torch.Tensor
+    trace: SearchTrace
+    latents: torch.Tensor
+    transformer_rows: int = 0
+
+
+def _randn(shape, generator, device) -> torch.Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(tuple(shape), generator=generator, device=device, dtype=torch.float32)
+
+
+def _view(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return coef.view(-1, *([1] * (x.dim() - 1)))
+
+
+class InferenceScaler:
+    r"""Particle search over a flow pipeline (FLUX, SD3, any velocity function) for a reward, within an NFE budget.
+
+    One NFE is one velocity evaluation of one particle; with classifier-free guidance the guided velocity (two
+    transformer rows) still counts as one NFE. Every method plans its particle counts to fit `nfe_budget` per prompt
+    and never exceeds it; the result reports what was used. Reward calls and decoding are not counted.
+
+    Args:
+        pipe: A `FluxPipeline`, a `StableDiffusion3Pipeline` (or subclass), a
+            [`~diffusers_ttsplugin.search.adapters.FlowAdapter`], or any object with `velocity(x, t)` and
+            `latent_shape` (e.g. `diffusers_ttsplugin.toy.AnalyticFlow`).
+        reward (`Callable`): `reward(images, prompts) -> tensor[N]`, higher is better; `images` float
+            `[N, 3, H, W]` in [0, 1] (or latents for a reward with `input = "latent"`). See
+            `diffusers_ttsplugin.rewards` (built-ins, non-finite values).
+        method (`str`, defaults to "rbf"): "bon", "sop", "smc", "code", "svdd" or "rbf".
+        nfe_budget (`int`, defaults to 500): NFE per prompt.
+        num_steps (`int`, defaults to 10): Grid intervals S; velocities are evaluated at the S non-zero grid times,
+            proposals are scored at S − 1 of them.
+        num_particles (`int`, *optional*): BoN / SMC particles (default ⌊budget / S⌋; paper 50).
+        num_chains (`int`, *optional*): Chains of SVDD, CoDe, SoP, RBF (default 2, fewer if the budget is tiny).
+        num_proposals (`int`, *optional*): Candidates per chain per step (SVDD, CoDe; default ⌊budget / (S · C)⌋,
+            paper 25) or per SoP iteration (default: the most that fit).
+        init_particles (`int`, *optional*): Best-of-K initial noise per chain (SVDD, CoDe, RBF; default
+            ⌊budget / (S · C)⌋, paper 25), paid from the budget.
+        temperature (`float`, *optional*): SMC's λ in exp((r_t − r_{t−1}) / λ) (default 0.1; scale it with your
+            reward's range).
+        ess_threshold (`float`, *optional*): SMC resamples when ESS < threshold · N (default 0.5).
+        resampling (`str`, *optional*): SMC's scheme: "multinomial" (default, the released code's), "systematic",
+            "stratified", "residual".
+        block_size (`int`, *optional*): CoDe's steps per block L (default 2).
+        forward_steps (`int`, *optional*): SoP's forward-noising distance in grid steps (default ⌊(S − 1) / 3⌋).
+        rollover (`bool`, *optional*): RBF carries unused quota to the next step (default True).
+        final_step (`str`, defaults to "tweedie"): "tweedie" returns x̂₀ at the last non-zero time (the paper's
+            released behaviour, and exactly the sample that was scored); "integrate" takes the last step to t = 0
+            (no extra NFE) and rescores.
+        sampler (`str`, *optional*): "sde" or "ode" (default: "ode" for bon/sop, "sde" otherwise).
+        interpolant (`str`, *optional*): "linear" or "vp" (default: "linear" for bon/sop, "vp" otherwise).
+        diffusion_coefficient (`str`, defaults to "square"), diffusion_norm (`float`, defaults to 3.0),
+        vp_beta_min (`float`, defaults to 0.1), vp_beta_max (`float`, defaults to 20.0),
+        time_grid (`str`, defaults to "pipeline"): passed to [`~diffusers_ttsplugin.FlowSDEScheduler`], which
+            computes the grid and the step coefficients ("pipeline" = the pipeline's own sigmas and shift;
+            "paper" = the released code's VP grid).
+        max_batch_size (`int`, *optional*): Most transformer rows (and decoded images) per call.
+        nonfinite_rewards (`str`, defaults to "raise"): "raise" on NaN/+inf rewards, or "reject" (NaN → −inf,
+            never chosen). +inf always raises; a prompt whose chosen sample has no finite reward raises.
+        callback (`Callable`, *optional*): `callback(scaler, record)` after every [`StepRecord`].
+
+    Example:
+        ```py
+        >>> from diffusers_ttsplugin import InferenceScaler
+        >>> from diffusers_ttsplugin.rewards import JPEGCompressibility
+        >>> scaler = InferenceScaler(pipe, JPEGCompressibility(), method="rbf", nfe_budget=500)
+        >>> result = scaler("a photo of a cat", height=1024, width=1024, guidance_scale=3.5,
+        ...                 generator=torch.Generator().manual_seed(0))
+        >>> result.images[0], result.reward, result.nfe
+        ```
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        reward: RewardFn,
+        method: str = "rbf",
+        nfe_budget: int = 500,
+        num_steps: int = 10,
+        *,
+        num_particles: int | None = None,
+        num_chains: int | None = None,
+        num_proposals: int | None = None,
+        init_particles: int | None = None,
+        temperature: float | None = None,
+        ess_threshold: float | None = None,
+        resampling: str | None = None,
+        block_size: int | None = None,
+        forward_steps: int | None = None,
+        rollover: bool | None = None,
+        final_step: str = "tweedie",
+        sampler: str | None = None,
+        interpolant: str | None = None,
+        diffusion_coefficient: str = "square",
+        diffusion_norm: float = 3.0,
+        vp_beta_min: float = 0.1,
+        vp_beta_max: float = 20.0,
+        time_grid: str = "pipeline",
+        max_batch_size: int | None = None,
+        nonfinite_rewards: str = "raise",
+        callback: Callable[[InferenceScaler, StepRecord], None] | None = None,
+    ):
+        if not callable(reward):
+            raise TypeError(
+                f"`reward` must be callable as reward(images, prompts), got {type(reward).__name__}"
+            )
+        self.plan: SearchPlan = plan_search(
+            method,
+            nfe_budget,
+            num_steps,
+            num_particles=num_particles,
+            num_chains=num_chains,
+            num_proposals=num_proposals,
+            init_particles=init_particles,
+            temperature=temperature,
+            ess_threshold=ess_threshold,
+            resampling=resampling,
+            block_size=block_size,
+            forward_steps=forward_steps,
+            rollover=rollover,
+        )
+        if final_step not in FINAL_STEPS:
+            raise ValueError(f"`final_step` must be one of {FINAL_STEPS}, got {final_step!r}")
+        if nonfinite_rewards not in ("raise", "reject"):
+            raise ValueError(f"`nonfinite_rewards` must be 'raise' or 'reject', got {nonfinite_rewards!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError("`callback` must be callable as callback(scaler, record)")
+        self.adapter: FlowAdapter = adapter_for(pipe, max_batch_size=max_batch_size)
+        self.reward = reward
+        self.reward_input = reward_input(reward)
+        self.method = method
+        self.nfe_budget = int(nfe_budget)
+        self.num_steps = int(num_steps)
+        self.final_step = final_step
+        self.nonfinite_rewards = nonfinite_rewards
+        self.callback = callback
+        self.scheduler_options = {
+            "sampler": sampler or ("ode" if method in ODE_METHODS else "sde"),
+            "interpolant": interpolant or ("linear" if method in ODE_METHODS else "vp"),
+            "diffusion_coefficient": diffusion_coefficient,
+            "diffusion_norm": diffusion_norm,
+            "vp_beta_min": vp_beta_min,
+            "vp_beta_max": vp_beta_max,
+            "time_grid": time_grid,
+            "final_step": "integrate",
+        }
+        # Validates the sampler options now (bad values raise here, not mid-search).
+        self._make_scheduler()
+        self._progress_bar_config: dict = {}
+        self._bar = None
+
+    # -- configuration --------------------------------------------------------------------------------------------
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """Options for the tqdm bar (e.g. `disable=True`, `leave=False`), as on diffusers pipelines."""
+        self._progress_bar_config = kwargs
+
+    @property
+    def settings(self) -> dict:
+        """The resolved search settings (plan, sampler, final step), as recorded in the trace."""
+        return {
+            **self.plan.to_dict(),
+            **{k: v for k, v in self.scheduler_options.items() if k != "final_step"},
+            "final_step": self.final_step,
+            "nonfinite_rewards": self.nonfinite_rewards,
+        }
+
+    def _make_scheduler(self):
+        from ..scheduling_flow_sde import FlowSDEScheduler
+
+        config = {k: v for k, v in self.adapter.scheduler_config().items() if not k.startswith("_")}
+        config.update(self.scheduler_options)
+        return FlowSDEScheduler.from_config(config)
+
+    # -- inputs -----------------------------------------------------------------------------------------------------
+    def check_inputs(self, prompt, generator, output_type) -> list[str]:
+        if isinstance(prompt, str):
+            prompts = [prompt]
+        elif isinstance(prompt, Sequence) and prompt and all(isinstance(p, str) for p in prompt):
+            prompts = list(prompt)
+        else:
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {prompt!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(
+                f"`generator` must be one torch.Generator (or None), got {type(generator).__name__}"
+            )
+        if output_type not in (None, "pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        return prompts
+
+    # -- the search -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        generator: torch.Generator | None = None,
+        output_type: str | None = None,
+        num_inference_steps: int | None = None,
+        **pipeline_options: Any,
+    ) -> SearchResult:
+        """Search for each prompt and return the best sample found within the budget.
+
+        Args:
+            prompt (`str` or `list[str]`): The prompt(s); each gets its own search and its own budget.
+            generator (`torch.Generator`, *optional*): Seeds every random draw (noise, SDE steps, resampling); without
+                one the global RNG is used (`torch.manual_seed` then makes runs reproducible).
+            output_type (`str`, *optional*): "pil" (pipelines' default), "np", "pt" or "latent".
+            num_inference_steps (`int`, *optional*): Must equal `num_steps` if given (the plan depends on it).
+            **pipeline_options: The pipeline's own call options (`height`, `width`, `guidance_scale`,
+                `negative_prompt`, `max_sequence_length`, ...); unknown ones raise `TypeError`.
+        """
+        # 1. Check inputs
+        prompts = self.check_inputs(prompt, generator, output_type)
+        if num_inference_steps is not None and num_inference_steps != self.num_steps:
+            raise ValueError(
+                f"`num_inference_steps`={num_inference_steps} differs from the scaler's `num_steps`={self.num_steps}; "
+                "the NFE plan depends on it, so set `num_steps` when building the InferenceScaler"
+            )
+        output_type = output_type or self.adapter.default_output_type
+
+        # 2. Encode the prompts once
+        self.adapter.prepare(prompts, **pipeline_options)
+        self._prompts = prompts
+        self._generator = generator
+        self._device = self.adapter.device
+
+        # 3. Prepare the grid and step coefficients (FlowSDEScheduler does the interpolant math)
+        self._prepare_grid()
+
+        # 4. Search
+        self._ledger = NFELedger(len(prompts), self.nfe_budget)
+        self._trace = SearchTrace(self.method, self.settings, self.nfe_budget, prompts=list(prompts))
+        self._best = [-math.inf] * len(prompts)
+        rows_before = self.adapter.transformer_rows
+        from tqdm.auto import tqdm
+
+        config = {"desc": f"{self.method} search", "unit": "NFE", **self._progress_bar_config}
+        try:
+            with tqdm(total=self.nfe_budget * len(prompts), **config) as self._bar:
+                latents, rewards = getattr(self, f"_search_{self.method}")()
+        finally:
+            self._bar = None
+
+        # 5. Outputs
+        for b, r in enumerate(rewards.tolist()):
+            if not math.isfinite(r):
+                raise ValueError(
+                    f"no sample of prompt {b} ({prompts[b]!r}) got a finite reward: every candidate was rejected"
+                )
+        images = self.adapter.decode_batched(latents) if output_type != "latent" else None
+        images = self.adapter.postprocess(images, latents, output_type)
+        self._trace.nfe = list(self._ledger.used)
+        self._trace.final_rewards = rewards.tolist()
+        return SearchResult(
+            images=images,
+            reward=rewards.cpu(),
+            nfe=torch.tensor(self._ledger.used, dtype=torch.int64),
+            trace=self._trace,
+            latents=latents,
+            transformer_rows=self.adapter.transformer_rows - rows_before,
+        )
+
+    # -- building blocks -------------------------------------------------------------------------------------------
+    def _prepare_grid(self) -> None:
+        scheduler = self._make_scheduler()
+        scheduler.set_timesteps(device="cpu", **self.adapter.timestep_kwargs(self.num_steps))
+        steps = self.num_steps
+        if len(scheduler.sigmas) != steps + 1:
+            raise RuntimeError(f"the scheduler built {len(scheduler.sigmas) - 1} steps, expected {steps}")
+        coefs = [scheduler.step_coefficients(i) for i in range(steps)]
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=self._device)  # noqa: E731
+        self._times = scheduler.sigmas.detach().to(torch.float32).cpu()
+        self._model_times = self._times.to(self._device)
+        self._coef_sample = as_tensor([float(c.sample) for c in coefs])
+        self._coef_velocity = as_tensor([float(c.velocity) for c in coefs])
+        self._coef_noise = as_tensor([float(c.noise) for c in coefs])
+        # Tweedie x̂₀ = p·x + q·u at each grid time (x itself at t = 0).
+        self._x0_sample = as_tensor([float(c.x0_sample) for c in coefs] + [1.0])
+        self._x0_velocity = as_tensor([float(c.x0_velocity) for c in coefs] + [0.0])
+
+    def _index(self, k: int | torch.Tensor, rows: int) -> torch.Tensor:
+        if isinstance(k, torch.Tensor):
+            return k.to(self._device)
+        return torch.full((rows,), int(k), dtype=torch.long, device=self._device)
+
+    def _evaluate(self, x: torch.Tensor, k: int | torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        """Velocities at grid index k (per row or shared): one NFE per row, charged before the call."""
+        counts = torch.bincount(prompt_index.cpu(), minlength=len(self._prompts)).tolist()
+        self._ledger.charge(counts)
+        t = self._model_times[self._index(k, x.shape[0])]
+        u = self.adapter.velocity(x, t, prompt_index)
+        if self._bar is not None:
+            self._bar.update(int(x.shape[0]))
+        return u
+
+    def _step(self, x: torch.Tensor, u: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+        """x at grid index k → a sample at k + 1 (SDE or ODE step in the sampler's frame, written in the model's)."""
+        idx = self._index(k, x.shape[0])
+        out = _view(self._coef_sample[idx], x) * x + _view(self._coef_velocity[idx], x) * u
+        noise = self._coef_noise[idx]
+        if bool((noise != 0).any()):
+            out = out + _view(noise, x) * _randn(x.shape, self._generator, x.device)
+        return out
+
+    def _tweedie(self, x: torch.Tensor, u: torch.Tensor | None, k: int | torch.Tensor) -> torch.Tensor:
+        idx = self._index(k, x.shape[0])
+        if u is None:
+            return x
+        return _view(self._x0_sample[idx], x) * x + _view(self._x0_velocity[idx], x) * u
+
+    def _score(self, x0: torch.Tensor, prompt_index: torch.Tensor, where: str) -> torch.Tensor:
+        prompts = [self._prompts[i] for i in prompt_index.tolist()]
+        inputs = x0 if self.reward_input == "latent" else self.adapter.decode_batched(x0)
+        values = self.reward(inputs, prompts)
+        return check_rewards(
+            values,
+            x0.shape[0],
+            nonfinite=self.nonfinite_rewards,
+            where=f"{self.method}, {where}",
+            device=x0.device,
+        )
+
+    def _record(self, **fields) -> StepRecord:
+        prompt = fields["prompt"]
+        rewards = fields.get("rewards") or []
+        finite = [r for r in rewards if math.isfinite(r)]
+        if finite and fields.get("kind") != "final":
+            self._best[prompt] = max(self._best[prompt], max(finite))
+        step = fields["step"]
+        record = StepRecord(
+            time=float(self._times[step]) if 0 <= step < len(self._times) else 0.0,
+            nfe=self._ledger.used[prompt],
+            best_reward=self._best[prompt],
+            **fields,
+        )
+        self._trace.records.append(record)
+        if self._bar is not None and math.isfinite(max(self._best)):
+            self._bar.set_postfix(best=f"{max(self._best):.4g}", refresh=False)
+        if self.callback is not None:
+            self.callback(self, record)
+        return record
+
+    def _finish(self, x: torch.Tensor, u: torch.Tensor, rewards: torch.Tensor, group: int) -> tuple:
+        """Pick each prompt's best of `group` final candidates (rows grouped by prompt), in the final-step mode."""
+        num_prompts = len(self._prompts)
+        prompt_index = torch.arange(num_prompts, device=x.device).repeat_interleave(group)
+        last = self.num_steps - 1
+        if self.final_step == "integrate":
+            x = self._step(x, u, last)
+            rewards = self._score(x, prompt_index, "final sample at t=0")
+            candidates = x
+        else:
+            candidates = self._tweedie(x, u, last)
+        by_prompt = rewards.view(num_prompts, group)
+        choice = by_prompt.argmax(dim=1)
+        rows = torch.arange(num_prompts, device=x.device) * group + choice
+        for b in range(num_prompts):
+            self._record(
+                prompt=b,
+                step=self.num_steps if self.final_step == "integrate" else last,
+                kind="final",
+                rewards=by_prompt[b].tolist(),
+                selected=[int(choice[b])],
+            )
+        return candidates[rows], rewards[rows]
+
+    def _pick(self, rewards: torch.Tensor, groups: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Argmax within consecutive groups of `size` rows → (chosen row per group, its index within the group)."""
+        choice = rewards.view(groups, size).argmax(dim=1)
+        return torch.arange(groups, device=rewards.device) * size + choice, choice
+
+    # -- methods ------------------------------------------------------------------------------------------------------
+    def _search_bon(self):
+        plan, num_prompts = self.plan, len(self._prompts)
+        n = plan.num_particles
+        prompt_index = torch.arange(num_prompts, device=self._device).repeat_interleave(n)
+        x = self.adapter.initial_noise(num_prompts * n, self._generator)
+        u = None
+        for k in range(self.num_steps):
+            if k > 0:
+                x = self._step(x, u, k - 1)
+            u = self._evaluate(x, k, prompt_index)
+        last = self.num_steps - 1
+        rewards = None
+        if self.final_step == "tweedie":
+            rewards = self._score(self._tweedie(x, u, last), prompt_index, f"step {last}")
+        return self._finish(x, u, rewards, n)
+
+    def _search_smc(self):
+        plan, num_prompts = self.plan, len(self._prompts)
+        n = plan.num_particles
+        prompt_index = torch.arange(num_prompts, device=self._device).repeat_interleave(n)
+        x = self.adapter.initial_noise(num_prompts * n, self._generator)
+        u = self._evaluate(x, 0, prompt_index)
+        previous = self._score(self._tweedie(x, u, 0), prompt_index, "step 0")
+        for b in range(num_prompts):
+            self._record(prompt=b, step=0, kind="init", rewards=previous[b * n : (b + 1) * n].tolist())
+        # A particle rejected at the start (reward -inf) has weight zero from then on.
+        log_weights = torch.where(torch.isfinite(previous), 0.0, -math.inf).view(num_prompts, n)
+        rewards = previous
+        for k in range(1, plan.search_steps + 1):
+            x = self._step(x, u, k - 1)
+            u = self._evaluate(x, k, prompt_index)
+            rewards = self._score(self._tweedie(x, u, k), prompt_index, f"step {k}")
+            log_weights = update_log_weights(
+                log_weights, rewards.view(num_prompts, n), previous.view(num_prompts, n), plan.temperature
+            )
+            ess = effective_sample_size(log_weights)
+            if bool((ess == 0).any()):
+                b = int((ess == 0).nonzero()[0])
+                raise ValueError(
+                    f"smc: every particle of prompt {b} ({self._prompts[b]!r}) has weight zero at step {k} "
+                    "(all rewards -inf / rejected): nothing to resample"
+                )
+            proposal_rewards = rewards.view(num_prompts, n).tolist()
+            # The last step selects by argmax instead of resampling.
+            degenerate = ess < plan.ess_threshold * n
+            if k == plan.search_steps:
+                degenerate = torch.zeros_like(degenerate)
+            ancestors = None
+            if bool(degenerate.any()):
+                width = x[0].numel()
+                stacked = torch.cat(
+                    [x.view(num_prompts, n, -1), u.view(num_prompts, n, -1), rewards.view(num_prompts, n, 1)],
+                    dim=-1,
+                )
+                stacked, ancestors = resample(
+                    stacked, log_weights, plan.resampling, self._generator, rows=degenerate
+                )
+                x = stacked[..., :width].reshape(x.shape)
+                u = stacked[..., width : 2 * width].reshape(u.shape)
+                rewards = stacked[..., -1].reshape(-1)
+                log_weights = torch.where(degenerate[:, None], torch.zeros_like(log_weights), log_weights)
+            for b in range(num_prompts):
+                resampled = bool(degenerate[b])
+                self._record(
+                    prompt=b,
+                    step=k,
+                    kind="resample" if resampled else "propose",
+                    rewards=proposal_rewards[b],
+                    ess=float(ess[b]),
+                    resampled=resampled,
+                    ancestors=ancestors[b].tolist() if resampled else None,
+                )
+            previous = rewards
+        return self._finish(x, u, rewards, n)
+
+    def _init_chains(self, chains: int, init: int):
+        """Best of `init` initial noises per chain: (x, u, rewards) with one row per (prompt, chain)."""
+        num_prompts = len(self._prompts)
+        groups = num_prompts * chains
+        prompt_index = torch.arange(num_prompts, device=self._device).repeat_interleave(chains * init)
+        x = self.adapter.initial_noise(groups * init, self._generator)
+        u = self._evaluate(x, 0, prompt_index)
+        rewards = self._score(self._tweedie(x, u, 0), prompt_index, "initial noise")
+        rows, choice = self._pick(rewards, groups, init)
+        for g in range(groups):
+            self._record(
+                prompt=g // chains,
+                chain=g % chains,
+                step=0,
+                kind="init",
+                rewards=rewards[g * init : (g + 1) * init].tolist(),
+                selected=[int(choice[g])],
+            )
+        return x[rows], u[rows], rewards[rows]
+
+    def _search_svdd(self):
+        return self._search_code()
+
+    def _search_code(self):
+        plan, num_prompts = self.plan, len(self._prompts)
+        chains, k_props = plan.num_chains, plan.num_proposals
+        groups = num_prompts * chains
+        x, u, rewards = self._init_chains(chains, plan.init_particles)
+        cand_prompt = torch.arange(num_prompts, device=self._device).repeat_interleave(chains * k_props)
+        k = 0
+        while k < plan.search_steps:
+            length = min(plan.block_size, plan.search_steps - k)
+            cx = x.repeat_interleave(k_props, dim=0)
+            cu = u.repeat_interleave(k_props, dim=0)
+            for j in range(length):
+                cx = self._step(cx, cu, k + j)
+                cu = self._evaluate(cx, k + j + 1, cand_prompt)
+            k += length
+            scores = self._score(self._tweedie(cx, cu, k), cand_prompt, f"step {k}")
+            rows, choice = self._pick(scores, groups, k_props)
+            x, u, rewards = cx[rows], cu[rows], scores[rows]
+            for g in range(groups):
+                self._record(
+                    prompt=g // chains,
+                    chain=g % chains,
+                    step=k,
+                    kind="select",
+                    rewards=scores[g * k_props : (g + 1) * k_props].tolist(),
+                    selected=[int(choice[g])],
+                )
+        return self._finish(x, u, rewards, chains)
+
+    def _search_sop(self):
+        from ..interpolants import LinearInterpolant, renoise
+
+        plan, num_prompts = self.plan, len(self._prompts)
+        chains, k_props, forward = plan.num_chains, plan.num_proposals, plan.forward_steps
+        groups = num_prompts * chains
+        chain_prompt = torch.arange(num_prompts, device=self._device).repeat_interleave(chains)
+        cand_prompt = chain_prompt.repeat_interleave(k_props)
+        x = self.adapter.initial_noise(groups, self._generator)
+        for k in range(plan.seed_steps):
+            x = self._step(x, self._evaluate(x, k, chain_prompt), k)
+        for b in range(num_prompts):
+            self._record(prompt=b, step=plan.seed_steps, kind="init", rewards=[])
+        linear = LinearInterpolant()
+        level, u, rewards = plan.seed_steps, None, None
+        while level < plan.search_steps:
+            start = level - forward
+            cx = x.repeat_interleave(k_props, dim=0)
+            noise = _randn(cx.shape, self._generator, cx.device)
+            cx = renoise(cx, float(self._times[level]), float(self._times[start]), linear, noise=noise)
+            for k in range(start, level + 1):
+                cx = self._step(cx, self._evaluate(cx, k, cand_prompt), k)
+            level += 1
+            cu = self._evaluate(cx, level, cand_prompt)
+            scores = self._score(self._tweedie(cx, cu, level), cand_prompt, f"step {level}")
+            rows, choice = self._pick(scores, groups, k_props)
+            x, u, rewards = cx[rows], cu[rows], scores[rows]
+            for g in range(groups):
+                self._record(
+                    prompt=g // chains,
+                    chain=g % chains,
+                    step=level,
+                    kind="select",
+                    rewards=scores[g * k_props : (g + 1) * k_props].tolist(),
+                    selected=[int(choice[g])],
+                )
+        return self._finish(x, u, rewards, chains)
+
+    def _search_rbf(self):
+        plan, num_prompts = self.plan, len(self._prompts)
+        chains = plan.num_chains
+        groups = num_prompts * chains
+        x, u, rewards = self._init_chains(chains, plan.init_particles)
+        machines = [
+            RolloverBudgetForcing(
+                plan.chain_budgets,
+                plan.search_steps,
+                rewards[b * chains : (b + 1) * chains].tolist(),
+                plan.rollover,
+            )
+            for b in range(num_prompts)
+        ]
+        position = torch.zeros(
+            groups, dtype=torch.long, device=self._device
+        )  # grid index of each chain's particle
+        best_x, best_u = x.clone(), u.clone()  # best proposal of the chain's current step
+        best_r = torch.full((groups,), -math.inf, device=self._device)
+        final_r = torch.full((groups,), -math.inf, device=self._device)
+        while True:
+            active = [b * chains + c for b, m in enumerate(machines) for c in m.active_chains()]
+            if not active:
+                break
+            rows = torch.tensor(active, dtype=torch.long, device=self._device)
+            here = position[rows]
+            proposal = self._step(x[rows], u[rows], here)
+            prompt_index = rows // chains
+            pu = self._evaluate(proposal, here + 1, prompt_index)
+            scores = self._score(self._tweedie(proposal, pu, here + 1), prompt_index, "proposal")
+            for i, g in enumerate(active):
+                b, c = divmod(g, chains)
+                reward = float(scores[i])
+                if reward > float(best_r[g]) or machines[b].used[c] == 0:
+                    best_x[g], best_u[g], best_r[g] = proposal[i], pu[i], scores[i]
+                decision = machines[b].observe(c, reward)
+                if decision.action == "accept":
+                    x[g], u[g] = proposal[i], pu[i]
+                elif decision.action == "exhausted":
+                    x[g], u[g] = best_x[g], best_u[g]
+                if decision.action in ("accept", "exhausted"):
+                    position[g] += 1
+                    best_r[g] = -math.inf
+                elif decision.action == "done":
+                    x[g], u[g], final_r[g] = best_x[g], best_u[g], best_r[g]
+                    position[g] += 1
+                self._record(
+                    prompt=b,
+                    chain=c,
+                    step=decision.step,
+                    kind="propose",
+                    rewards=[reward],
+                    selected=[decision.chosen] if decision.chosen is not None else None,
+                    quota=decision.quota,
+                    used=decision.used,
+                    rollover=decision.rollover,
+                    action=decision.action,
+                )
+        return self._finish(x, u, final_r, chains)
+
+
+__all__ = ["METHODS", "InferenceScaler", "SearchResult"]

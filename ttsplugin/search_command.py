@@ -1,0 +1,216 @@
+"""`ttsplugin search`: particle search over a diffusers flow pipeline from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+METHOD_CHOICES = ("bon", "sop", "smc", "code", "svdd", "rbf")
+
+
+def add_search_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search",
+        help="particle search (RBF, SMC, SVDD, CoDe, SoP, BoN) over a flow pipeline with a reward and an NFE budget",
+        description=(
+            "Search for the highest-reward image of a diffusers flow pipeline (FLUX, SD3) within an exact budget "
+            "of velocity evaluations (NFE), with Rollover Budget Forcing, SMC, SVDD, CoDe, search over paths or "
+            "best-of-N. Writes the best image per prompt, the search trace (JSON) and a reward-vs-NFE plot (PNG) to "
+            "--output. Without --pipeline a tiny random FLUX pipeline is built locally (nothing is downloaded)."
+        ),
+    )
+    p.add_argument(
+        "--pipeline", default=None, help="folder of a diffusers FLUX/SD3 pipeline (default: tiny FLUX)"
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="prompt to search for; repeat for several (each gets its own budget) (default: 'a photo of a red apple')",
+    )
+    p.add_argument("--method", choices=METHOD_CHOICES, default="rbf", help="search method (default: rbf)")
+    p.add_argument(
+        "--nfe", type=int, default=500, help="NFE budget per prompt (velocity evaluations; default: 500)"
+    )
+    p.add_argument("--steps", type=int, default=10, help="denoising steps of the grid (default: 10)")
+    p.add_argument(
+        "--reward",
+        default="jpeg",
+        help="reward: jpeg | brightness | brightness:T | darkness | red | green | blue | color:R,G,B | "
+        "clip:/local/clip/folder | module:attribute (default: jpeg, DDPO's compressibility)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+    p.add_argument(
+        "--height", type=int, default=None, help="image height (default: the pipeline's; tiny FLUX: 32)"
+    )
+    p.add_argument(
+        "--width", type=int, default=None, help="image width (default: the pipeline's; tiny FLUX: 32)"
+    )
+    p.add_argument(
+        "--guidance-scale", type=float, default=None, help="the pipeline's guidance_scale (default: its own)"
+    )
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (SD3 CFG, FLUX true CFG)")
+    p.add_argument(
+        "--true-cfg-scale", type=float, default=None, help="FLUX true CFG scale (needs --negative-prompt)"
+    )
+    p.add_argument(
+        "--max-sequence-length", type=int, default=None, help="T5 prompt length (default: the pipeline's)"
+    )
+    p.add_argument(
+        "--sampler", choices=("sde", "ode"), default=None, help="default: ode for bon/sop, sde otherwise"
+    )
+    p.add_argument(
+        "--interpolant",
+        choices=("linear", "vp"),
+        default=None,
+        help="default: linear for bon/sop, vp otherwise",
+    )
+    p.add_argument(
+        "--time-grid",
+        choices=("pipeline", "paper", "paper_code"),
+        default="pipeline",
+        help="grid of the sampler: the pipeline's own sigmas, or the released code's VP grid (default: pipeline)",
+    )
+    p.add_argument(
+        "--final-step",
+        choices=("tweedie", "integrate"),
+        default="tweedie",
+        help="return Tweedie's estimate at the last non-zero time, or integrate to t=0 (default: tweedie)",
+    )
+    p.add_argument(
+        "--diffusion-norm", type=float, default=3.0, help="SDE diffusion norm (g = norm * t^2; default: 3)"
+    )
+    p.add_argument(
+        "--particles", type=int, default=None, help="bon/smc: particles N (default: budget / steps)"
+    )
+    p.add_argument("--chains", type=int, default=None, help="svdd/code/sop/rbf: chains (default: 2)")
+    p.add_argument("--proposals", type=int, default=None, help="svdd/code/sop: candidates per chain and step")
+    p.add_argument(
+        "--init-particles", type=int, default=None, help="svdd/code/rbf: best-of-K initial noise per chain"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=None, help="smc: lambda of exp(dr / lambda) (default: 0.1)"
+    )
+    p.add_argument(
+        "--ess-threshold", type=float, default=None, help="smc: resample when ESS < threshold*N (0.5)"
+    )
+    p.add_argument(
+        "--resampling",
+        choices=("multinomial", "systematic", "stratified", "residual"),
+        default=None,
+        help="smc: resampling scheme (default: multinomial)",
+    )
+    p.add_argument("--block-size", type=int, default=None, help="code: steps per block (default: 2)")
+    p.add_argument(
+        "--forward-steps", type=int, default=None, help="sop: forward-noising distance in grid steps"
+    )
+    p.add_argument(
+        "--no-rollover", action="store_true", help="rbf: keep unused quota for the last step instead"
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=None, help="most transformer rows per call (default: all)"
+    )
+    p.add_argument("--device", default="cpu", help="device of the pipeline, e.g. cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default=None,
+        help="load the pipeline in this dtype (default: as saved)",
+    )
+    p.add_argument("--output", default="search_output", help="folder for images, trace.json, plot.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_search_command)
+
+
+def _knobs(args: argparse.Namespace) -> dict:
+    knobs = {
+        "num_particles": args.particles,
+        "num_chains": args.chains,
+        "num_proposals": args.proposals,
+        "init_particles": args.init_particles,
+        "temperature": args.temperature,
+        "ess_threshold": args.ess_threshold,
+        "resampling": args.resampling,
+        "block_size": args.block_size,
+        "forward_steps": args.forward_steps,
+        "rollover": False if args.no_rollover else None,
+    }
+    return {k: v for k, v in knobs.items() if v is not None}
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from diffusers_ttsplugin import InferenceScaler
+    from diffusers_ttsplugin.rewards import reward_from_spec
+    from diffusers_ttsplugin.search import plot_reward_vs_nfe
+
+    prompts = args.prompt or ["a photo of a red apple"]
+    options = {}
+    if args.pipeline:
+        from diffusers import DiffusionPipeline
+
+        kwargs = {"torch_dtype": getattr(torch, args.dtype)} if args.dtype else {}
+        pipe = DiffusionPipeline.from_pretrained(args.pipeline, **kwargs).to(args.device)
+        print(f"loaded {type(pipe).__name__} from {args.pipeline}")
+    else:
+        from diffusers_ttsplugin.testing import build_tiny_flux_pipeline
+
+        pipe = build_tiny_flux_pipeline(seed=args.seed).to(args.device)
+        options.update(height=32, width=32, max_sequence_length=32)
+        print("built tiny FluxPipeline (random weights, tokenizers made in code)")
+    for key, value in {
+        "height": args.height,
+        "width": args.width,
+        "guidance_scale": args.guidance_scale,
+        "negative_prompt": args.negative_prompt,
+        "true_cfg_scale": args.true_cfg_scale,
+        "max_sequence_length": args.max_sequence_length,
+    }.items():
+        if value is not None:
+            options[key] = value
+    try:
+        scaler = InferenceScaler(
+            pipe,
+            reward_from_spec(args.reward, device=args.device),
+            method=args.method,
+            nfe_budget=args.nfe,
+            num_steps=args.steps,
+            sampler=args.sampler,
+            interpolant=args.interpolant,
+            time_grid=args.time_grid,
+            final_step=args.final_step,
+            diffusion_norm=args.diffusion_norm,
+            max_batch_size=args.max_batch_size,
+            **_knobs(args),
+        )
+    except (ValueError, TypeError) as err:
+        print(f"error: {err}")
+        return 2
+    scaler.set_progress_bar_config(disable=args.quiet)
+    start = time.perf_counter()
+    generator = torch.Generator(args.device if args.device != "cpu" else "cpu").manual_seed(args.seed)
+    result = scaler(prompts, generator=generator, **options)
+    elapsed = time.perf_counter() - start
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (prompt, image) in enumerate(zip(prompts, result.images, strict=True)):
+        path = out / f"{i:02d}_{args.method}.png"
+        image.save(path)
+        print(
+            f"- {prompt!r}: reward {float(result.reward[i]):.5g}, NFE {int(result.nfe[i])}/{args.nfe} -> {path}"
+        )
+    result.trace.to_json(out / "trace.json")
+    with contextlib.suppress(ValueError):
+        plot_reward_vs_nfe(
+            {f"{args.method}: {p[:30]}": (*result.trace.curve(i),) for i, p in enumerate(prompts)},
+            out / "plot.png",
+            title=f"{args.method}, best proposal reward vs NFE",
+        )
+    summary = {"method": args.method, "settings": scaler.settings, "seconds": round(elapsed, 3)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"{args.method}: {sum(result.nfe.tolist())} NFE in {elapsed:.2f} s; trace and plot in {out}")
+    return 0
