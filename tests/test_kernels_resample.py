@@ -196,10 +196,12 @@ def represented_copies(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.T
     exp(log 0.3 - log 0.3 ...) is not exactly 0.3 / 0.3 ...: N w_i = 3 may be 2.9999999999999996 as far as any
     resampler can know, so the copy bounds are computed in integers from the fixed-point weights q_i."""
     num_particles = log_weights.shape[-1]
-    lw = log_weights.to(torch.float64)
+    # exp() on the resampler's own device: CUDA's float64 exp may differ from the CPU's in the last ulp, which
+    # moves N w_i = 3 to 2.999... there, and the bounds must be those of the weights the resampler saw.
+    lw = log_weights.to(DEVICE, torch.float64)
     q = (torch.exp(lw - lw.max()) * 2.0 ** fixed_point_bits(num_particles)).to(torch.int64)
     total = q.sum()
-    return (num_particles * q) // total, -((-num_particles * q) // total)
+    return ((num_particles * q) // total).cpu(), (-((-num_particles * q) // total)).cpu()
 
 
 @functools.cache
