@@ -39,7 +39,7 @@ def import_kernels():
 def cases():
     """(kernel, signature, constexprs, num_warps, args divisible by 16) for the specialisations that matter."""
     from ttsplugin_kernels import resample_triton as rt
-    from ttsplugin_kernels import sde_step
+    from ttsplugin_kernels import sde_step_triton as sde_step
 
     ancestors_sig = {
         "log_weights_ptr": "*bf16", "uniforms_ptr": "*fp64", "rows_ptr": "*i1", "ancestors_ptr": "*i64",

@@ -13,7 +13,7 @@ Sections (each printed as a table and written to <out-dir>/resample_gpu.json and
      Targets: >= 4x the baseline; >= 80 % of copy bandwidth at the large sizes (>= 64 MiB of particles).
   2. ancestors: the ancestor kernel alone per scheme vs softmax + torch.multinomial.
   3. gather_configs: gather launch configurations at the largest size (to tune the defaults).
-  4. sde_step: fused SDE step (kernels/sde_step.py) vs the torch expression, with noise drawn by torch or
+  4. sde_step: fused SDE step (kernels/sde_step_triton.py) vs the torch expression, with noise drawn by torch or
      in the kernel, for 1, 64 and 512 particles of 262,144 bf16 values. Prints whether fusing pays.
   5. graphs: sizes <= 16 MiB replayed from a CUDA graph (GPU time without Python launch overhead), last.
 
@@ -289,7 +289,7 @@ def bench_sde_step(torch, bench: Bench, particle_counts, features: int, device: 
 
 
 def sde_step_case(torch, bench: Bench, particles: int, features: int, device: str) -> dict:
-    from ttsplugin_kernels.sde_step import sde_step_reference, sde_step_triton
+    from ttsplugin_kernels.sde_step_triton import sde_step_reference, sde_step_triton
 
     t, dt = 0.5, 0.1
     diffusion = 3 * t**2

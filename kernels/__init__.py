@@ -4,6 +4,8 @@ Dispatch rule used by every public op: CUDA tensors run the Triton kernel; CPU t
 reference, or the Triton kernel under the interpreter when `TRITON_INTERPRET=1` was set before import
 (how CI exercises the kernels without a GPU). `backend="torch"` / `"triton"` forces one path.
 
+Fused flow-SDE step (`affine_step`, `sde_step`): x_next = a x + b u + c eps in one pass.
+
 Resampling (B prompts x N particles, one launch for all rows):
 
     >>> import torch, ttsplugin_kernels as tk
@@ -13,6 +15,7 @@ Resampling (B prompts x N particles, one launch for all rows):
     >>> x, ancestors = tk.resample(x, lw, "systematic", rows=ess < 8, out=x)  # in place, degenerate rows only
 """
 
+from .fused_step import affine_step, sde_step, sde_step_coefficients
 from .resample import (
     MAX_PARTICLES,
     SCHEMES,
@@ -28,6 +31,7 @@ from .utils import interpreter_enabled, triton_available
 __all__ = [
     "MAX_PARTICLES",
     "SCHEMES",
+    "affine_step",
     "draw_uniforms",
     "effective_sample_size",
     "gather_particles",
@@ -35,5 +39,7 @@ __all__ = [
     "normalized_weights",
     "resample",
     "resample_ancestors",
+    "sde_step",
+    "sde_step_coefficients",
     "triton_available",
 ]
