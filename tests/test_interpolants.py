@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from flow_sde_helpers import one_intra_op_thread
 
 from diffusers_ttsplugin.interpolants import (
     FrameMap,
@@ -34,6 +35,13 @@ from diffusers_ttsplugin.interpolants import (
 from diffusers_ttsplugin.toy import GaussianMixture, default_mixture
 
 LIN, VP = LinearInterpolant(), VPInterpolant()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _small_tensors_one_thread():
+    yield from one_intra_op_thread()
+
+
 TIMES = torch.tensor([0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98], dtype=torch.float64)
 
 

@@ -6,11 +6,17 @@ import math
 
 import pytest
 import torch
+from flow_sde_helpers import one_intra_op_thread
 
 from diffusers_ttsplugin.interpolants import LinearInterpolant, VPInterpolant
 from diffusers_ttsplugin.toy import AnalyticFlow, GaussianMixture, default_mixture
 
 LIN, VP = LinearInterpolant(), VPInterpolant()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _small_tensors_one_thread():
+    yield from one_intra_op_thread()
 
 
 @pytest.fixture(scope="module")
