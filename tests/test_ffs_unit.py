@@ -26,6 +26,7 @@ from vllm_ttsplugin.ffs import (
     RACE_ID_KEY,
     RACE_SIZE_KEY,
     FirstFinishCore,
+    FirstFinishParamsError,
     FirstFinishV1,
     FirstFinishV2,
     SlotOutcome,
@@ -65,15 +66,18 @@ def test_bad_arguments_are_rejected_naming_the_parameter(extra_args, n, message)
     from vllm import SamplingParams
 
     params = SamplingParams(n=n, temperature=1.0, extra_args=dict(extra_args))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(FirstFinishParamsError, match=message) as error:
         validate_first_finish_params(params)
+    assert error.value.parameter in ("tts_first_finish", "tts_group") and error.value.parameter in str(
+        error.value
+    )
 
 
 def test_ignore_eos_without_stop_tokens_is_rejected():
     from vllm import SamplingParams
 
     params = SamplingParams(n=4, temperature=1.0, ignore_eos=True, extra_args={"tts_first_finish": 1})
-    with pytest.raises(ValueError, match="ignore_eos"):
+    with pytest.raises(FirstFinishParamsError, match="ignore_eos"):
         validate_first_finish_params(params)
     ok = SamplingParams(
         n=4, temperature=1.0, ignore_eos=True, stop_token_ids=[3], extra_args={"tts_first_finish": 1}

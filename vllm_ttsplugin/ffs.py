@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2LogitsProcessor
@@ -86,6 +87,7 @@ __all__ = [
     "FirstFinishCore",
     "FirstFinishLogitsProcessor",
     "FirstFinishLogitsProcessorV2",
+    "FirstFinishParamsError",
     "FirstFinishRequest",
     "FirstFinishV1",
     "FirstFinishV2",
@@ -103,12 +105,24 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class FirstFinishParamsError(VLLMValidationError):
+    """A bad FFS argument, naming the parameter (``.parameter``).
+
+    A `VLLMValidationError`, vLLM's request-error class, which vLLM passes through unchanged (HTTP 400 on the
+    server; the engine goes on serving the other requests). A plain `ValueError` would be re-wrapped without the
+    parameter."""
+
+
 @dataclass(frozen=True)
 class FirstFinishRequest:
     """The FFS arguments of one request, as parsed from `extra_args`."""
 
     k: int
     group: str | None = None
+
+
+def _error(parameter: str, message: str) -> FirstFinishParamsError:
+    return FirstFinishParamsError(message, parameter=parameter)
 
 
 def _describe(value: Any) -> str:
@@ -119,27 +133,29 @@ def parse_first_finish_args(extra_args: dict[str, Any] | None) -> FirstFinishReq
     """Parse and check ``tts_first_finish`` / ``tts_group``; None when the request does not use FFS.
 
     Raises:
-        ValueError: naming the parameter, for a non-integer or non-positive k, a group that is not a non-empty
-            string, or a group without k.
+        FirstFinishParamsError: naming the parameter, for a non-integer or non-positive k, a
+            group that is not a non-empty string, or a group without k.
     """
     if not extra_args or (FIRST_FINISH_KEY not in extra_args and GROUP_KEY not in extra_args):
         return None
     k = extra_args.get(FIRST_FINISH_KEY)
     group = extra_args.get(GROUP_KEY)
     if k is None:
-        raise ValueError(f"`{GROUP_KEY}` needs `{FIRST_FINISH_KEY}` (the number of samples that must finish)")
+        raise _error(
+            GROUP_KEY, f"`{GROUP_KEY}` needs `{FIRST_FINISH_KEY}` (the number of samples that must finish)"
+        )
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         if isinstance(k, float) and math.isnan(k):
-            raise ValueError(f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got NaN")
-        raise ValueError(f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got {_describe(k)}")
+            raise _error(FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got NaN")
+        raise _error(FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got {_describe(k)}")
     if k < 1:
-        raise ValueError(f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got {int(k)}")
+        raise _error(FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got {int(k)}")
     if group is not None:
         if not isinstance(group, str):
-            raise ValueError(f"`{GROUP_KEY}` must be a string, got {_describe(group)}")
+            raise _error(GROUP_KEY, f"`{GROUP_KEY}` must be a string, got {_describe(group)}")
         if not group or len(group) > MAX_GROUP_NAME_LENGTH:
-            raise ValueError(
-                f"`{GROUP_KEY}` must be 1 to {MAX_GROUP_NAME_LENGTH} characters, got {len(group)}"
+            raise _error(
+                GROUP_KEY, f"`{GROUP_KEY}` must be 1 to {MAX_GROUP_NAME_LENGTH} characters, got {len(group)}"
             )
     return FirstFinishRequest(k=int(k), group=group)
 
@@ -153,7 +169,7 @@ def validate_first_finish_params(params: SamplingParams) -> None:
     `FFS_STOP_REASON` is appended to ``stop`` so that stopped samples are marked (see the module docstring).
 
     Raises:
-        ValueError: naming the parameter (vLLM turns it into HTTP 400 on the server).
+        FirstFinishParamsError: naming the parameter; HTTP 400 on the server.
     """
     spec = parse_first_finish_args(params.extra_args)
     if spec is None:
@@ -161,15 +177,19 @@ def validate_first_finish_params(params: SamplingParams) -> None:
     n = params.n
     if spec.group is None:
         if n < 2:
-            raise ValueError(
+            raise _error(
+                FIRST_FINISH_KEY,
                 f"`{FIRST_FINISH_KEY}` needs n > 1 samples to race (got n={n}); "
-                f"or tie separate requests together with `{GROUP_KEY}`"
+                f"or tie separate requests together with `{GROUP_KEY}`",
             )
         if spec.k > n:
-            raise ValueError(f"`{FIRST_FINISH_KEY}`={spec.k} exceeds the n={n} samples of the request")
+            raise _error(
+                FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}`={spec.k} exceeds the n={n} samples of the request"
+            )
     if params.ignore_eos and not params.stop_token_ids:
-        raise ValueError(
-            f"`{FIRST_FINISH_KEY}` with ignore_eos=True and no stop_token_ids: no sample can finish naturally"
+        raise _error(
+            FIRST_FINISH_KEY,
+            f"`{FIRST_FINISH_KEY}` with ignore_eos=True and no stop_token_ids: no sample can finish naturally",
         )
     # A new dict per admission: the caller's dict (maybe shared by other requests) is never modified, and each
     # prompt of one LLM.generate call, validated in turn with the same params object, gets its own race.
