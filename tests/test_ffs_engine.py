@@ -194,7 +194,7 @@ def test_engine_level_api_checks_its_arguments(ffs_llm):
 
 
 def test_ffs_k_at_n_vote_and_the_majority_baseline(ffs_llm, reference):
-    from vllm_ttsplugin import first_finish, first_finish_vote, majority_vote, majority_vote_all
+    from vllm_ttsplugin import first_finish_vote, majority_vote, majority_vote_all
 
     def first_word(text: str) -> str | None:  # a pluggable extractor
         words = text.split()
@@ -202,9 +202,11 @@ def test_ffs_k_at_n_vote_and_the_majority_baseline(ffs_llm, reference):
 
     params = sampling(ffs_llm, n=1)
     votes = first_finish_vote(ffs_llm, PROMPTS, n=N, k=3, sampling_params=params, extractor=first_word)
-    searches = first_finish(ffs_llm, PROMPTS, n=N, k=3, sampling_params=params)
     baseline = majority_vote_all(ffs_llm, PROMPTS, n=N, sampling_params=params, extractor=first_word)
-    for vote, search, base, ref in zip(votes, searches, baseline, reference, strict=True):
+    for vote, base, ref in zip(votes, baseline, reference, strict=True):
+        search = vote.search
+        natural = sorted((len(c.token_ids), c.index) for c in ref.outputs if c.finish_reason == "stop")
+        assert [c.index for c in search.winners] == [i for _, i in natural[:3]]
         answers = [first_word(c.text) for c in search.winners]
         assert vote.answers == answers and vote.answer == majority_vote(answers)
         assert [c.index for c in vote.voters] == search.finish_order[:3]

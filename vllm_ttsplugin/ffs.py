@@ -479,6 +479,8 @@ class FirstFinishV1:
         self._tokenizer_loaded = False
         self.marker_token: int | None = None
         self._member_rows: torch.Tensor | None = None  # [num members] rows whose marker logit is masked
+        self._marker_columns: torch.Tensor | None = None  # [num members] the marker token, repeated
+        self._neg_inf = torch.tensor(float("-inf"), device=self.device)
         self._members_changed = False
 
     # -- tokenizer (only needed once a request uses FFS) ---------------------------------------------------------
@@ -517,17 +519,19 @@ class FirstFinishV1:
         if self._members_changed:
             self._members_changed = False
             rows = core.member_slots()
-            self._member_rows = self._to_device(rows) if len(rows) and self.marker_token is not None else None
+            if len(rows) and self.marker_token is not None:
+                self._member_rows = self._to_device(rows)
+                self._marker_columns = self._to_device(np.full(len(rows), self.marker_token))
+            else:
+                self._member_rows = None
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         core = self.core
         if not core.num_members:
             return logits
-        if self._member_rows is not None:
-            logits.index_put_(
-                (self._member_rows, self._marker_column(len(self._member_rows))),
-                torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device),
-            )
+        if self._member_rows is not None:  # members never sample the marker themselves
+            value = self._neg_inf if logits.dtype == self._neg_inf.dtype else self._neg_inf.to(logits.dtype)
+            logits.index_put_((self._member_rows, self._marker_columns), value)
         if not core.stopping_slots:
             return logits
         rows = sorted(s for s in core.stopping_slots if s < logits.shape[0])
@@ -599,9 +603,6 @@ class FirstFinishV1:
         except Exception:
             return False
         return any(s in text for s in member.stop_strings)
-
-    def _marker_column(self, count: int) -> torch.Tensor:
-        return torch.full((count,), self.marker_token, dtype=torch.long, device=self.device)
 
     def _to_device(self, values) -> torch.Tensor:
         host = torch.as_tensor(np.asarray(values, dtype=np.int64))
