@@ -35,13 +35,13 @@ def test_async_api_aborts_the_losers_and_returns_the_in_engine_winners(tiny_mode
     async def reference(engine, eos):
         from vllm.sampling_params import RequestOutputKind
 
-        outputs = []
-        for p, prompt in enumerate(PROMPTS):
+        async def one(p: int):
             params = _params(eos, output_kind=RequestOutputKind.FINAL_ONLY)
-            async for out in engine.generate(prompt, params, f"ref-{p}"):
+            async for out in engine.generate(PROMPTS[p], params, f"ref-{p}"):
                 final = out
-            outputs.append(final)
-        return outputs
+            return final
+
+        return await asyncio.gather(*(one(p) for p in range(len(PROMPTS))))
 
     async def main():
         engine = AsyncLLM.from_engine_args(

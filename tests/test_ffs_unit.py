@@ -3,7 +3,6 @@ persistent batches (vLLM's own BatchUpdateBuilder / LogitsContext), output helpe
 
 from __future__ import annotations
 
-import math
 import random
 from collections import deque
 from types import SimpleNamespace
@@ -369,6 +368,39 @@ def test_v2_apply_is_a_no_op_without_members_in_the_batch():
     assert ffs.apply(logits.clone(), ctx).equal(logits)
 
 
+def test_both_runners_load_their_class_by_name_and_validate_through_it():
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import (
+        _load_logitsprocs_by_fqcns,
+        validate_logits_processors_parameters,
+    )
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import (
+        _load_v2_logitsprocs_by_fqcns,
+        build_custom_logits_processors_params_validator,
+    )
+
+    from vllm_ttsplugin.ffs import FirstFinishLogitsProcessor, FirstFinishLogitsProcessorV2
+
+    v1, v2 = (
+        "vllm_ttsplugin.ffs:FirstFinishLogitsProcessor",
+        "vllm_ttsplugin.ffs:FirstFinishLogitsProcessorV2",
+    )
+    assert _load_logitsprocs_by_fqcns([v1]) == [FirstFinishLogitsProcessor]
+    assert _load_v2_logitsprocs_by_fqcns([v2]) == [FirstFinishLogitsProcessorV2]
+    with pytest.raises(ValueError, match="not a subclass"):
+        _load_v2_logitsprocs_by_fqcns([v1])  # each runner refuses the other interface
+    for validate in (
+        lambda p: validate_logits_processors_parameters([v1], p),
+        build_custom_logits_processors_params_validator([v2]),
+    ):
+        params = SamplingParams(n=3, temperature=1.0, extra_args={"tts_first_finish": 2})
+        validate(params)
+        assert params.extra_args[RACE_SIZE_KEY] == 3
+        with pytest.raises(FirstFinishParamsError, match="exceeds") as error:
+            validate(SamplingParams(n=3, temperature=1.0, extra_args={"tts_first_finish": 4}))
+        assert error.value.parameter == "tts_first_finish"  # passed through, parameter kept (HTTP 400)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Core and tensor ops
 # ----------------------------------------------------------------------------------------------------------------
@@ -483,4 +515,3 @@ def test_auto_extractor_majority_vote_and_extractor_lookup():
     for bad in ("nope", 3, None):
         with pytest.raises(ValueError, match="extractor"):
             get_extractor(bad)
-    assert not math.isnan(0.0)

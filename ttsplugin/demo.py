@@ -83,7 +83,7 @@ def demo_first_finish(llm, prompts: list[str], args: argparse.Namespace, n: int 
         print("tiny model: EOS logit +2.5 so that samples end at varied lengths")
 
     def params(samples: int) -> SamplingParams:
-        return SamplingParams(n=samples, temperature=1.0, seed=args.seed, max_tokens=256, logit_bias=bias)
+        return SamplingParams(n=samples, temperature=1.0, seed=args.seed, max_tokens=128, logit_bias=bias)
 
     start = time.perf_counter()
     everything = llm.generate(prompts, params(n), use_tqdm=False)
