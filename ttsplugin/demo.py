@@ -67,6 +67,46 @@ def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
         print(f"- {question!r}: {len(completion.token_ids)} tokens, finish={completion.finish_reason}")
         print(f"  {completion.text[:120]!r}")
     print(f"generated {sum(len(o.outputs[0].token_ids) for o in outputs)} tokens in {elapsed:.2f} s")
+    demo_first_finish(llm, prompts, args)
+
+
+def demo_first_finish(llm, prompts: list[str], args: argparse.Namespace, n: int = 8) -> None:
+    """First Finish Search on the demo engine: n samples per prompt, the first to finish wins, vs. all n."""
+    _header(f"First Finish Search (n={n})")
+    from vllm import SamplingParams
+
+    from vllm_ttsplugin import first_finish
+
+    # The tiny model's random weights almost never emit EOS; a bias on it gives samples varied natural lengths,
+    # as reasoning traces have. A real model (--model) needs none.
+    bias = None if args.model else {llm.get_tokenizer().eos_token_id: 2.5}
+    if bias:
+        print("tiny model: EOS logit +2.5 so that samples end at varied lengths")
+
+    def params(samples: int) -> SamplingParams:
+        return SamplingParams(n=samples, temperature=1.0, seed=args.seed, max_tokens=128, logit_bias=bias)
+
+    start = time.perf_counter()
+    everything = llm.generate(prompts, params(n), use_tqdm=False)
+    all_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    results = first_finish(llm, prompts, n=n, k=1, sampling_params=params(1))
+    ffs_seconds = time.perf_counter() - start
+    for result, output in zip(results, everything, strict=True):
+        lengths = sorted(len(c.token_ids) for c in output.outputs)
+        winner = result.winner
+        ended = (
+            f"winner #{winner.index} ended after {len(winner.token_ids)} tokens"
+            if winner
+            else "no natural end"
+        )
+        print(f"- {ended}; all {n} to completion: lengths {lengths[0]}..{lengths[-1]}")
+    ffs_tokens = sum(r.num_tokens for r in results)
+    all_tokens = sum(len(c.token_ids) for o in everything for c in o.outputs)
+    print(
+        f"FFS: {ffs_tokens} tokens in {ffs_seconds:.2f} s; all {n}: {all_tokens} tokens in {all_seconds:.2f} s "
+        f"({all_tokens / max(ffs_tokens, 1):.1f}x fewer tokens, {all_seconds / max(ffs_seconds, 1e-9):.1f}x faster)"
+    )
 
 
 def demo_diffusion(args: argparse.Namespace, workdir: Path) -> None:

@@ -1,0 +1,517 @@
+"""First Finish Search without an engine: argument validation, the V1 and V2 adapters driven by simulated
+persistent batches (vLLM's own BatchUpdateBuilder / LogitsContext), output helpers, answers and voting."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from ffs_helpers import MARKER, VOCAB, Reference, StubTokenizer, make_requests
+
+from vllm_ttsplugin.answers import (
+    extract_answer,
+    extract_boxed,
+    extract_final_answer,
+    get_extractor,
+    majority_vote,
+    normalize_answer,
+)
+from vllm_ttsplugin.ffs import (
+    FFS_STOP_REASON,
+    RACE_ID_KEY,
+    RACE_SIZE_KEY,
+    FirstFinishCore,
+    FirstFinishParamsError,
+    FirstFinishV1,
+    FirstFinishV2,
+    SlotOutcome,
+    first_finish_winners,
+    force_tokens_,
+    is_first_finish_stopped,
+    validate_first_finish_params,
+)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Validation at admission
+# ----------------------------------------------------------------------------------------------------------------
+
+BAD = [
+    ({"tts_first_finish": 0}, 4, "tts_first_finish"),
+    ({"tts_first_finish": -3}, 4, "tts_first_finish"),
+    ({"tts_first_finish": 5}, 4, "exceeds the n=4"),
+    ({"tts_first_finish": 1}, 1, "n > 1"),
+    ({"tts_first_finish": 1.5}, 4, "tts_first_finish"),
+    ({"tts_first_finish": 1.0}, 4, "tts_first_finish"),
+    ({"tts_first_finish": float("nan")}, 4, "NaN"),
+    ({"tts_first_finish": float("inf")}, 4, "tts_first_finish"),
+    ({"tts_first_finish": "1"}, 4, "tts_first_finish"),
+    ({"tts_first_finish": True}, 4, "tts_first_finish"),
+    ({"tts_first_finish": [1]}, 4, "tts_first_finish"),
+    ({"tts_first_finish": None, "tts_group": "a"}, 4, "tts_group"),
+    ({"tts_group": "a"}, 4, "tts_group"),
+    ({"tts_first_finish": 1, "tts_group": 3}, 4, "tts_group"),
+    ({"tts_first_finish": 1, "tts_group": ["a"]}, 4, "tts_group"),
+    ({"tts_first_finish": 1, "tts_group": ""}, 4, "tts_group"),
+    ({"tts_first_finish": 1, "tts_group": "x" * 300}, 4, "tts_group"),
+]
+
+
+@pytest.mark.parametrize(("extra_args", "n", "message"), BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_arguments_are_rejected_naming_the_parameter(extra_args, n, message):
+    from vllm import SamplingParams
+
+    params = SamplingParams(n=n, temperature=1.0, extra_args=dict(extra_args))
+    with pytest.raises(FirstFinishParamsError, match=message) as error:
+        validate_first_finish_params(params)
+    assert error.value.parameter in ("tts_first_finish", "tts_group") and error.value.parameter in str(
+        error.value
+    )
+
+
+def test_ignore_eos_without_stop_tokens_is_rejected():
+    from vllm import SamplingParams
+
+    params = SamplingParams(n=4, temperature=1.0, ignore_eos=True, extra_args={"tts_first_finish": 1})
+    with pytest.raises(FirstFinishParamsError, match="ignore_eos"):
+        validate_first_finish_params(params)
+    ok = SamplingParams(
+        n=4, temperature=1.0, ignore_eos=True, stop_token_ids=[3], extra_args={"tts_first_finish": 1}
+    )
+    validate_first_finish_params(ok)
+
+
+def test_admission_stamps_a_fresh_race_per_call_and_leaves_other_requests_alone():
+    from vllm import SamplingParams
+
+    user_args = {"tts_first_finish": 2, "other": [1, 2]}
+    params = SamplingParams(n=4, temperature=1.0, extra_args=user_args, stop=["END"])
+    validate_first_finish_params(params)
+    first = params.extra_args
+    assert user_args == {"tts_first_finish": 2, "other": [1, 2]}  # the caller's dict is never modified
+    assert first is not user_args and first[RACE_SIZE_KEY] == 4 and len(first[RACE_ID_KEY]) == 32
+    assert params.stop == ["END", FFS_STOP_REASON]
+    validate_first_finish_params(params)  # the next prompt validated with the same object: a new race
+    assert params.extra_args[RACE_ID_KEY] != first[RACE_ID_KEY] and first[RACE_SIZE_KEY] == 4
+    assert params.stop == ["END", FFS_STOP_REASON]
+
+    tied = SamplingParams(n=1, temperature=1.0, extra_args={"tts_first_finish": 3, "tts_group": "q1"})
+    validate_first_finish_params(tied)  # n == 1 and k > n are fine when a group ties requests together
+    silent = SamplingParams(n=4, temperature=1.0, detokenize=False, extra_args={"tts_first_finish": 1})
+    validate_first_finish_params(silent)
+    assert not silent.stop  # no stop strings without detokenization: losers end on EOS, unmarked
+
+    plain_args = {"something": 1}
+    plain = SamplingParams(n=4, temperature=1.0, extra_args=plain_args)
+    validate_first_finish_params(plain)
+    assert plain.extra_args is plain_args and not plain.stop
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# V1 adapter on a simulated persistent batch
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SimInputBatch:
+    """The index bookkeeping of vLLM's V1 InputBatch (add, remove, condense, swap) over a BatchUpdateBuilder."""
+
+    def __init__(self):
+        from vllm.v1.sample.logits_processor import BatchUpdateBuilder
+
+        self.builder = BatchUpdateBuilder()
+        self.slots: list = []  # index -> ScriptedRequest | None
+
+    @property
+    def num_reqs(self) -> int:
+        return sum(r is not None for r in self.slots)
+
+    def add(self, req) -> None:
+        index = self.builder.pop_removed()
+        if index is None:
+            index = len(self.slots)
+            self.slots.append(None)
+        self.builder.added.append((index, req.params, req.prompt, req.out))
+        self.slots[index] = req
+
+    def remove(self, req) -> None:
+        index = next(i for i, r in enumerate(self.slots) if r is req)
+        self.builder.removed_append(index)
+        self.slots[index] = None
+
+    def condense(self) -> None:
+        from vllm.v1.sample.logits_processor import MoveDirectionality
+
+        empty = self.builder.removed
+        if not empty:
+            return
+        last = len(self.slots) - 1
+        while empty:
+            while last >= 0 and self.slots[last] is None:
+                last -= 1
+            hole = self.builder.peek_removed()
+            if last < 0 or hole >= last:
+                break
+            self.builder.pop_removed()
+            self.slots[hole], self.slots[last] = self.slots[last], None
+            self.builder.moved.append((last, hole, MoveDirectionality.UNIDIRECTIONAL))
+            last -= 1
+        del self.slots[self.num_reqs :]
+
+    def swap(self, i: int, j: int) -> None:
+        from vllm.v1.sample.logits_processor import MoveDirectionality
+
+        self.slots[i], self.slots[j] = self.slots[j], self.slots[i]
+        self.builder.moved.append((i, j, MoveDirectionality.SWAP))
+
+    def batch_update(self):
+        return self.builder.get_and_reset(self.num_reqs)
+
+
+def _check_row(row: torch.Tensor, req, ref: Reference, marker_known: bool, context: str) -> int | None:
+    """Assert the processor's edit of one logits row; return the forced token (None when not forced)."""
+    if ref.must_stop(req):
+        token = ref.forced_token(req, marked=marker_known)
+        expected = torch.full((VOCAB,), float("-inf"))
+        expected[token] = 0.0
+        assert torch.equal(row, expected), f"{context}: expected token {token} forced"
+        return token
+    expected = torch.zeros(VOCAB)
+    if req.race is not None and marker_known:
+        expected[MARKER] = float("-inf")  # members never sample the marker naturally
+    assert torch.equal(row, expected), f"{context}: row must be untouched (marker masked for members)"
+    return None
+
+
+def _sample(req, forced: int | None) -> int:
+    return forced if forced is not None else req.script[len(req.out)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_v1_adapter_matches_the_rule_through_adds_moves_swaps_and_preemption(seed):
+    rng = random.Random(seed)
+    requests = make_requests(rng, num_parents=rng.randint(2, 6))
+    marker_known = seed % 3 != 0
+    max_slots = 16
+    ffs = FirstFinishV1(
+        SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=max_slots), model_config=None),
+        torch.device("cpu"),
+    )
+    ffs.set_tokenizer(StubTokenizer() if marker_known else None)
+    batch, ref = SimInputBatch(), Reference()
+    waiting = deque(requests)
+    capacity = rng.randint(3, max_slots)
+    finished_last_step: list = []
+    for step in range(200):
+        for req in finished_last_step:
+            batch.remove(req)
+        if batch.num_reqs and rng.random() < 0.15:  # preempt one: it comes back later with its output so far
+            victim = rng.choice([r for r in batch.slots if r is not None])
+            batch.remove(victim)
+            waiting.appendleft(victim)
+        while waiting and batch.num_reqs < capacity:
+            batch.add(waiting.popleft())
+        batch.condense()
+        if batch.num_reqs >= 2 and rng.random() < 0.3:
+            batch.swap(*rng.sample(range(batch.num_reqs), 2))
+        ffs.update_state(batch.batch_update())
+        if not batch.num_reqs:
+            break
+        logits = ffs.apply(torch.zeros(batch.num_reqs, VOCAB))
+        finished_last_step = []
+        for index, req in enumerate(batch.slots):
+            forced = _check_row(
+                logits[index], req, ref, marker_known, f"seed {seed} step {step} req {req.rid}"
+            )
+            ref.record(req, _sample(req, forced), forced is not None)
+            if req.finished:
+                finished_last_step.append(req)
+        ref.end_step()
+    assert all(r.finished for r in requests) and not waiting
+    assert ffs.core.num_members == 0 and not ffs.core.stopping_slots
+
+
+def test_v1_adapter_untouched_without_ffs_requests():
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    ffs = FirstFinishV1(
+        SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=4), model_config=None),
+        torch.device("cpu"),
+    )
+    params = SamplingParams(n=1, extra_args={"unrelated": 1})
+    ffs.update_state(
+        BatchUpdate(batch_size=2, removed=[], added=[(0, params, [1], []), (1, params, [2], [])], moved=[])
+    )
+    logits = torch.randn(2, VOCAB)
+    assert ffs.apply(logits.clone()).equal(logits) and ffs.core.num_members == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# V2 adapter on simulated request slots
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SimRequestStates:
+    """The fields of vLLM's V2 LogitsProcRequestState that FFS reads, as plain CPU tensors (`.gpu` like vLLM's)."""
+
+    def __init__(self, max_slots: int, max_len: int = 64):
+        self.device = torch.device("cpu")
+        self.max_num_reqs = max_slots
+        self.vocab_size = VOCAB
+        self.all_token_ids = SimpleNamespace(gpu=torch.zeros(max_slots, max_len, dtype=torch.int32))
+        self.total_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
+        self.prompt_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
+        self.prefill_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
+
+    def fill(self, slot: int, prompt: list[int], out: list[int]) -> None:
+        tokens = prompt + out
+        self.all_token_ids.gpu[slot, : len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
+        self.total_len.gpu[slot] = len(tokens)
+        self.prompt_len.gpu[slot] = len(prompt)
+        self.prefill_len.gpu[slot] = len(tokens)
+
+    def commit(self, slot: int, token: int) -> None:
+        self.all_token_ids.gpu[slot, self.total_len.gpu[slot]] = token
+        self.total_len.gpu[slot] += 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(seed):
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
+
+    rng = random.Random(100 + seed)
+    requests = make_requests(rng, num_parents=rng.randint(2, 6))
+    for req in requests:  # V2 counts EOS and stop tokens on the device; stop strings are a V1 extra
+        req.params.stop = [s for s in req.params.stop or () if s == FFS_STOP_REASON]
+    marker_known = seed % 3 != 0
+    max_slots = 12
+    states = SimRequestStates(max_slots)
+    ffs = FirstFinishV2(
+        SimpleNamespace(model_config=None), states, tokenizer=StubTokenizer() if marker_known else None
+    )
+    ffs._tokenizer_loaded = True
+    async_lag = seed % 2 == 1  # a finished request stays scheduled one more step (async scheduling)
+    ref = Reference()
+    free = list(range(max_slots - 1, -1, -1))  # vLLM's free list: the last freed slot is reused first
+    slot_of: dict = {}  # ScriptedRequest -> slot
+    waiting = deque(requests)
+    finished_prev: list = []  # finished in the previous step
+    capacity = rng.randint(3, max_slots - 2)
+    for step in range(200):
+        # The scheduler lets finished requests go; under async scheduling they were scheduled once more first.
+        leaving = [r for r in slot_of if r.finished and (not async_lag or r not in finished_prev)]
+        for req in leaving:
+            free.append(slot_of.pop(req))
+        running = [r for r in slot_of if not r.finished]
+        if running and rng.random() < 0.15:  # preempt: the slot is freed, the request comes back later
+            victim = rng.choice(running)
+            free.append(slot_of.pop(victim))
+            waiting.appendleft(victim)
+        while waiting and len(slot_of) < capacity:
+            req = waiting.popleft()
+            slot_of[req] = slot = free.pop()
+            ffs.add_request(slot, req.params)  # before the runner flushes the new occupant's tokens
+            states.fill(slot, req.prompt, req.out)
+        ffs.apply_staged_writes()
+        if not slot_of:
+            break
+        batch = list(slot_of.items())
+        rng.shuffle(batch)  # rows are reordered every step
+        slots = np.array([slot for _, slot in batch])
+        ctx = LogitsContext(
+            expanded_idx_mapping=torch.tensor(slots, dtype=torch.int32),
+            idx_mapping=torch.tensor(slots, dtype=torch.int32),
+            idx_mapping_np=slots,
+            expanded_local_pos=torch.zeros(len(slots), dtype=torch.int32),
+            input_ids=torch.zeros(len(slots), dtype=torch.int32),
+            pos=torch.zeros(len(slots), dtype=torch.int32),
+            seq_lens_upper_bound_np=np.zeros(len(slots), dtype=np.int32),
+        )
+        logits = ffs.apply(torch.zeros(len(batch), VOCAB), ctx)
+        finished_prev = []
+        for row, (req, slot) in enumerate(batch):
+            if req.finished:  # scheduled once more under async scheduling: its sample is discarded
+                assert async_lag
+                continue
+            forced = _check_row(logits[row], req, ref, marker_known, f"seed {seed} step {step} req {req.rid}")
+            token = _sample(req, forced)
+            ref.record(req, token, forced is not None)
+            states.commit(slot, token)
+            if req.finished:
+                finished_prev.append(req)
+        ref.end_step()
+    assert all(r.finished for r in requests) and not waiting
+
+
+def test_v2_apply_is_a_no_op_without_members_in_the_batch():
+    from vllm import SamplingParams
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
+
+    states = SimRequestStates(4)
+    ffs = FirstFinishV2(SimpleNamespace(model_config=None), states, tokenizer=StubTokenizer())
+    assert ffs.add_request(0, SamplingParams(n=1)) is False
+    ffs.apply_staged_writes()
+    slots = np.array([0])
+    ctx = LogitsContext(
+        expanded_idx_mapping=torch.tensor(slots),
+        idx_mapping=torch.tensor(slots),
+        idx_mapping_np=slots,
+        expanded_local_pos=torch.zeros(1),
+        input_ids=torch.zeros(1),
+        pos=torch.zeros(1),
+        seq_lens_upper_bound_np=np.zeros(1),
+    )
+    logits = torch.randn(1, VOCAB)
+    assert ffs.apply(logits.clone(), ctx).equal(logits)
+
+
+def test_both_runners_load_their_class_by_name_and_validate_through_it():
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import (
+        _load_logitsprocs_by_fqcns,
+        validate_logits_processors_parameters,
+    )
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import (
+        _load_v2_logitsprocs_by_fqcns,
+        build_custom_logits_processors_params_validator,
+    )
+
+    from vllm_ttsplugin.ffs import FirstFinishLogitsProcessor, FirstFinishLogitsProcessorV2
+
+    v1, v2 = (
+        "vllm_ttsplugin.ffs:FirstFinishLogitsProcessor",
+        "vllm_ttsplugin.ffs:FirstFinishLogitsProcessorV2",
+    )
+    assert _load_logitsprocs_by_fqcns([v1]) == [FirstFinishLogitsProcessor]
+    assert _load_v2_logitsprocs_by_fqcns([v2]) == [FirstFinishLogitsProcessorV2]
+    with pytest.raises(ValueError, match="not a subclass"):
+        _load_v2_logitsprocs_by_fqcns([v1])  # each runner refuses the other interface
+    for validate in (
+        lambda p: validate_logits_processors_parameters([v1], p),
+        build_custom_logits_processors_params_validator([v2]),
+    ):
+        params = SamplingParams(n=3, temperature=1.0, extra_args={"tts_first_finish": 2})
+        validate(params)
+        assert params.extra_args[RACE_SIZE_KEY] == 3
+        with pytest.raises(FirstFinishParamsError, match="exceeds") as error:
+            validate(SamplingParams(n=3, temperature=1.0, extra_args={"tts_first_finish": 4}))
+        assert error.value.parameter == "tts_first_finish"  # passed through, parameter kept (HTTP 400)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Core and tensor ops
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_core_races_outlive_their_members_until_all_n_left_and_the_table_is_bounded():
+    core = FirstFinishCore(max_slots=4, max_races=3)
+    assert core.add(0, "a", k=1, size=3) is False
+    assert core.add(1, "a", k=2, size=3) is False
+    core.remove(0, SlotOutcome.NATURAL)
+    assert core.stopping_slots == set() and core.race_finished(1) == 1  # k=2 for slot 1
+    core.remove(1, SlotOutcome.UNKNOWN)  # preempted
+    assert core.add(1, "a", k=1, size=3) is True  # back, and the race already has its first finisher
+    core.remove(1, SlotOutcome.STOPPED)
+    assert core.num_races == 1  # 2 of 3 samples left for good: the third may still be waiting
+    assert core.add(2, "a", k=1, size=3) is True
+    core.remove(2, SlotOutcome.STOPPED)
+    assert core.num_races == 0  # all three left
+    for name in "bcd":
+        core.add(0, name, k=1)
+        core.remove(0, SlotOutcome.UNKNOWN)
+    core.add(0, "e", k=1)  # table full (3): the oldest race without members goes
+    assert core.num_races == 3 and sorted(core.recycled)
+
+
+def test_force_tokens_sets_exactly_one_choice_per_row():
+    logits = torch.randn(4, 6)
+    before = logits.clone()
+    force_tokens_(logits, torch.tensor([1, 3]), torch.tensor([5, 0]))
+    assert logits[[0, 2]].equal(before[[0, 2]])
+    assert logits[1].argmax() == 5 and logits[1, 5] == 0 and torch.isinf(logits[1, :5]).all()
+    assert logits[3].argmax() == 0 and torch.isinf(logits[3, 1:]).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Output helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _completion(index, tokens, finish, stop_reason=None):
+    from vllm.outputs import CompletionOutput
+
+    return CompletionOutput(index, "", tokens, None, None, finish_reason=finish, stop_reason=stop_reason)
+
+
+def test_winners_are_natural_finishers_in_finishing_order():
+    output = SimpleNamespace(
+        outputs=[
+            _completion(0, [5, 5, 5, 2], "stop", FFS_STOP_REASON),
+            _completion(1, [5, 5, 1], "stop"),
+            _completion(2, [5, 5, 9], "stop", 9),  # a stop token is a natural finish
+            _completion(3, [5, 5], "length"),
+            _completion(4, [5, 1], "stop"),
+            _completion(5, [5, 5, 7, 1], "stop", "t7"),  # a stop string too
+        ]
+    )
+    assert [c.index for c in first_finish_winners(output)] == [4, 1, 2, 5]
+    assert [c.index for c in first_finish_winners(output, k=2)] == [4, 1]
+    assert is_first_finish_stopped(output.outputs[0]) and not is_first_finish_stopped(output.outputs[1])
+    assert is_first_finish_stopped({"finish_reason": "stop", "stop_reason": "\u0018"})  # OpenAI choice (JSON)
+    assert not is_first_finish_stopped({"finish_reason": "length", "stop_reason": None})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Answers and voting
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        (r"The answer is \boxed{42}.", "42"),
+        (r"\boxed{\frac{1}{2}} then \boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),
+        (r"\boxed{ \{1, 2\} }", r"\{1, 2\}"),
+        (r"\fbox{7} and \boxed {x^{2}}", "x^{2}"),
+        (r"\boxed{$3$.}", "3"),
+        (r"no box here", None),
+        (r"\boxed{unclosed {", None),
+        (r"\boxed{5} then \boxed{broken", "5"),
+        (r"\boxed{}", None),
+    ],
+)
+def test_extract_boxed(text, answer):
+    assert extract_boxed(text) == answer
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("reasoning\nFinal Answer: 12\nmore text", "12"),
+        ("final answer: maybe 3\nFinal Answer: The final answer is $4$.", "4"),
+        (r"Final Answer: \boxed{x+1}", "x+1"),
+        ("FINAL ANSWER:   B  ", "B"),
+        ("Final Answer:", None),
+        ("no answer", None),
+    ],
+)
+def test_extract_final_answer(text, answer):
+    assert extract_final_answer(text) == answer
+
+
+def test_auto_extractor_majority_vote_and_extractor_lookup():
+    assert extract_answer(r"Final Answer: 3 ... \boxed{4}") == "4"
+    assert extract_answer("Final Answer: 3") == "3"
+    assert normalize_answer("  $ 1  +  1 $. ") == "1 + 1"
+    assert majority_vote(["2", None, "3", "3", "2"]) == "2"  # tie: the first seen (earliest finisher) wins
+    assert majority_vote(["2", "3", "3"]) == "3"
+    assert majority_vote([None, None]) is None
+    assert get_extractor("boxed") is extract_boxed
+    custom = str.strip
+    assert get_extractor(custom) is custom
+    for bad in ("nope", 3, None):
+        with pytest.raises(ValueError, match="extractor"):
+            get_extractor(bad)

@@ -1,0 +1,883 @@
+"""First Finish Search inside vLLM: once k samples of a request finish naturally, their siblings are stopped.
+
+Per request, through `SamplingParams.extra_args` (offline) or `vllm_xargs` (OpenAI server):
+
+- ``tts_first_finish`` (int k >= 1): once k samples of the same request have finished *naturally* (EOS or one of
+  the request's stop tokens; stop strings count too on the V1 runner; a length cut never counts), every other sample
+  still running is stopped at its next decode step. Needs ``n > 1``, or a ``tts_group``.
+- ``tts_group`` (str, optional): ties separate requests into one race (all their samples are siblings). Without it,
+  the siblings are exactly the ``n`` samples of one request: for every prompt of ``LLM.generate(prompts,
+  SamplingParams(n=8, extra_args={"tts_first_finish": 1}))`` and for an OpenAI request with ``n=8`` and
+  ``vllm_xargs={"tts_first_finish": 1}``.
+
+How the stopped samples look in the output: they end with ``finish_reason == "stop"`` and
+``stop_reason == FFS_STOP_REASON`` (the one-character string ``"\\x18"``, ASCII CANCEL), which no natural finish
+has; their text does not contain the marker. `first_finish_winners` returns the natural finishers of a
+`RequestOutput` in finishing order.
+
+What this module relies on in vLLM (0.32; read in its source, checked in tests/test_ffs_engine.py):
+
+1. **Siblings.** For ``n > 1`` the engine fans a request out into n child requests whose `SamplingParams` are shallow
+   copies with ``n = 1`` (and ``seed + i`` when seeded). A processor never sees request ids (V1 `BatchUpdate.added`
+   gives index, params, prompt ids, live output ids; V2 `add_request` gives slot and params). Object identity of the
+   shared ``extra_args`` dict would group children in-process, but not across the msgpack hop to a separate engine
+   core process (the server). So `validate_first_finish_params`, which vLLM calls at admission on the *parent* params
+   (``n`` still visible) right before cloning them for the request, stamps a fresh race id and ``n`` into a *new*
+   ``extra_args`` dict. Each admission gets its own id even when one `SamplingParams` object serves many prompts; the
+   children inherit it through the clone and it survives serialization. On V1 the prompt (length and ends) is part
+   of the race key too, so two prompts can never share a race by accident.
+2. **Natural finish.** The processor cannot see finish reasons. On V1 a finished request leaves the persistent
+   batch: listed in ``removed``, or silently overwritten by an ``added`` or a condensing ``moved`` entry. Its live
+   output list still ends with the token that ended it: a stop token (natural), ``max_tokens`` reached (length), our
+   own forced stop (loser), or anything else (preempted or aborted: it may come back and is not counted). On V2 there
+   is no removal hook; the committed tokens stay in ``req_states.all_token_ids`` until the slot is reused, so each
+   step counts, on the device, the member slots whose last committed token is one of their stop tokens (and, when a
+   slot is reused, its previous occupant right before the runner overwrites it).
+3. **Stopping.** A logits processor stops a request by forcing a token: the row is filled with -inf and the token's
+   logit set to 0. To make losers distinguishable, admission also appends ``FFS_STOP_REASON`` to the request's
+   ``stop`` strings; the engine core forces the single token that decodes to it, the frontend's detokenizer then ends
+   the sample with that stop reason (and aborts it in the engine core); if the sample is still scheduled one step
+   later, EOS is forced. Members never sample the marker token naturally (it is masked for them). Where the
+   tokenizer has no such single token (or ``detokenize=False``), EOS is forced directly and losers are not marked.
+
+Priority when combined with thinking control in one processor: FFS's stop is applied last, so it overrides forced
+sequences, budgets and TS. `FirstFinishV1` / `FirstFinishV2` are components with the processor hooks so that they
+can be composed into such a processor; `FirstFinishLogitsProcessor` / `FirstFinishLogitsProcessorV2` are standalone
+processors around them (temporary: they will be folded into ``vllm_ttsplugin:TTSLogitsProcessor``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import uuid
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from vllm.exceptions import VLLMValidationError
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
+from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2LogitsProcessor
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.config import VllmConfig
+    from vllm.outputs import CompletionOutput, RequestOutput
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext, LogitsProcRequestState
+
+FIRST_FINISH_KEY = "tts_first_finish"
+GROUP_KEY = "tts_group"
+# Stamped at admission (underscore: not a user knob; any value a client sends is overwritten).
+RACE_ID_KEY = "_tts_ffs_race"
+RACE_SIZE_KEY = "_tts_ffs_n"
+# Stop reason of the samples FFS stopped: ASCII CANCEL, a single byte token in byte-level BPE vocabularies and a
+# byte-fallback token in SentencePiece ones, which text generation does not use.
+FFS_STOP_REASON = "\x18"
+MAX_GROUP_NAME_LENGTH = 256
+
+__all__ = [
+    "FFS_STOP_REASON",
+    "FIRST_FINISH_KEY",
+    "GROUP_KEY",
+    "FirstFinishCore",
+    "FirstFinishLogitsProcessor",
+    "FirstFinishLogitsProcessorV2",
+    "FirstFinishParamsError",
+    "FirstFinishRequest",
+    "FirstFinishV1",
+    "FirstFinishV2",
+    "SlotOutcome",
+    "first_finish_winners",
+    "force_tokens_",
+    "is_first_finish_stopped",
+    "parse_first_finish_args",
+    "validate_first_finish_params",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-request arguments: parsing, validation and the admission stamp
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class FirstFinishParamsError(VLLMValidationError):
+    """A bad FFS argument, naming the parameter (``.parameter``).
+
+    A `VLLMValidationError`, vLLM's request-error class, which vLLM passes through unchanged (HTTP 400 on the
+    server; the engine goes on serving the other requests). A plain `ValueError` would be re-wrapped without the
+    parameter."""
+
+
+@dataclass(frozen=True)
+class FirstFinishRequest:
+    """The FFS arguments of one request, as parsed from `extra_args`."""
+
+    k: int
+    group: str | None = None
+
+
+def _error(parameter: str, message: str) -> FirstFinishParamsError:
+    return FirstFinishParamsError(message, parameter=parameter)
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def parse_first_finish_args(extra_args: dict[str, Any] | None) -> FirstFinishRequest | None:
+    """Parse and check ``tts_first_finish`` / ``tts_group``; None when the request does not use FFS.
+
+    Raises:
+        FirstFinishParamsError: naming the parameter, for a non-integer or non-positive k, a
+            group that is not a non-empty string, or a group without k.
+    """
+    if not extra_args or (FIRST_FINISH_KEY not in extra_args and GROUP_KEY not in extra_args):
+        return None
+    k = extra_args.get(FIRST_FINISH_KEY)
+    group = extra_args.get(GROUP_KEY)
+    if k is None:
+        raise _error(
+            GROUP_KEY, f"`{GROUP_KEY}` needs `{FIRST_FINISH_KEY}` (the number of samples that must finish)"
+        )
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        if isinstance(k, float) and math.isnan(k):
+            raise _error(FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got NaN")
+        raise _error(FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got {_describe(k)}")
+    if k < 1:
+        raise _error(FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}` must be an integer >= 1, got {int(k)}")
+    if group is not None:
+        if not isinstance(group, str):
+            raise _error(GROUP_KEY, f"`{GROUP_KEY}` must be a string, got {_describe(group)}")
+        if not group or len(group) > MAX_GROUP_NAME_LENGTH:
+            raise _error(
+                GROUP_KEY, f"`{GROUP_KEY}` must be 1 to {MAX_GROUP_NAME_LENGTH} characters, got {len(group)}"
+            )
+    return FirstFinishRequest(k=int(k), group=group)
+
+
+def validate_first_finish_params(params: SamplingParams) -> None:
+    """Check a request's FFS arguments at admission and stamp its race; the hook for ``validate_params``.
+
+    vLLM calls it with the request's own (parent) params, ``n`` included, right before it clones them for the
+    engine. Requests without ``tts_*`` keys are left untouched. For FFS requests the params get a new
+    ``extra_args`` dict carrying a fresh race id and ``n`` (the children only see ``n == 1``), and
+    `FFS_STOP_REASON` is appended to ``stop`` so that stopped samples are marked (see the module docstring).
+
+    Raises:
+        FirstFinishParamsError: naming the parameter; HTTP 400 on the server.
+    """
+    spec = parse_first_finish_args(params.extra_args)
+    if spec is None:
+        return
+    n = params.n
+    if spec.group is None:
+        if n < 2:
+            raise _error(
+                FIRST_FINISH_KEY,
+                f"`{FIRST_FINISH_KEY}` needs n > 1 samples to race (got n={n}); "
+                f"or tie separate requests together with `{GROUP_KEY}`",
+            )
+        if spec.k > n:
+            raise _error(
+                FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}`={spec.k} exceeds the n={n} samples of the request"
+            )
+    if params.ignore_eos and not params.stop_token_ids:
+        raise _error(
+            FIRST_FINISH_KEY,
+            f"`{FIRST_FINISH_KEY}` with ignore_eos=True and no stop_token_ids: no sample can finish naturally",
+        )
+    # A new dict per admission: the caller's dict (maybe shared by other requests) is never modified, and each
+    # prompt of one LLM.generate call, validated in turn with the same params object, gets its own race.
+    params.extra_args = {**params.extra_args, RACE_ID_KEY: uuid.uuid4().hex, RACE_SIZE_KEY: int(n)}
+    if params.detokenize:
+        stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or ())
+        if FFS_STOP_REASON not in stop:
+            params.stop = [*stop, FFS_STOP_REASON]
+
+
+def _race_key(
+    extra_args: dict[str, Any], spec: FirstFinishRequest, prompt_ids: Sequence[int] | None
+) -> Hashable:
+    if spec.group is not None:
+        return ("group", spec.group)
+    race = extra_args.get(RACE_ID_KEY)
+    if race is None:
+        # Not stamped (params never went through validate_params): in-process children still share the dict.
+        race = ("dict", id(extra_args))
+    if prompt_ids is None:
+        return ("race", race)
+    return ("race", race, len(prompt_ids), tuple(prompt_ids[:16]), tuple(prompt_ids[-16:]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Framework-free core: race membership over request slots
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SlotOutcome(IntEnum):
+    """Why a member left its slot."""
+
+    UNKNOWN = 0  # preempted or aborted: may come back, does not count
+    NATURAL = 1  # ended by EOS / a stop token / a stop string
+    LENGTH = 2  # max_tokens or max_model_len
+    STOPPED = 3  # stopped by FFS
+
+
+@dataclass(eq=False)
+class _Race:
+    key: Hashable
+    index: int  # dense index (device count tensors are indexed by it)
+    size: int | None  # number of samples when known (one request); None for a tts_group
+    finished: int = 0  # natural finishes so far
+    done: int = 0  # members that left for good
+    slots: set[int] = field(default_factory=set)
+
+
+class FirstFinishCore:
+    """Race bookkeeping over request slots (batch indices on V1, persistent slots on V2); no engine types.
+
+    Slot arrays are preallocated (``max_slots``); races live in an LRU table so that samples admitted late (KV cache
+    pressure, preemption) still find the race they belong to after it was decided. A race is forgotten when all its
+    ``n`` samples have left for good, or, as the oldest race without members, when the table is full.
+
+    Hooks: `add`, `remove` (with the `SlotOutcome`), `move`; `stopping_slots` are the members to stop now.
+    """
+
+    def __init__(self, max_slots: int, max_races: int | None = None):
+        self.max_slots = max_slots
+        self.max_races = max_races or max(4 * max_slots, 1024)
+        # [max_slots] slot -> race index, -1 when the slot holds no FFS member
+        self.race_index = np.full(max_slots, -1, dtype=np.int64)
+        # [max_slots] natural finishes of the race that stop this member
+        self.k = np.zeros(max_slots, dtype=np.int64)
+        # [max_slots] the member is being stopped
+        self.stopping = np.zeros(max_slots, dtype=bool)
+        # [max_slots] adapter data moved along with the slot (e.g. the live output list)
+        self.payload: list[Any] = [None] * max_slots
+        self.num_members = 0
+        self.stopping_slots: set[int] = set()
+        # Race indices handed out again since the last drain (device adapters zero their counters).
+        self.recycled: list[int] = []
+        self._races: OrderedDict[Hashable, _Race] = OrderedDict()
+        self._race_of_index: list[_Race | None] = [None] * self.max_races
+        self._free_indices = list(range(self.max_races - 1, -1, -1))
+        self._ever_used = np.zeros(self.max_races, dtype=bool)
+
+    # -- races -------------------------------------------------------------------------------------------------
+    def _race(self, key: Hashable, size: int | None) -> _Race:
+        race = self._races.get(key)
+        if race is not None:
+            self._races.move_to_end(key)
+            return race
+        if not self._free_indices:
+            self._evict_one()
+        index = self._free_indices.pop()
+        if self._ever_used[index]:
+            self.recycled.append(index)
+        self._ever_used[index] = True
+        race = _Race(key=key, index=index, size=size)
+        self._races[key] = race
+        self._race_of_index[index] = race
+        return race
+
+    def _evict_one(self) -> None:
+        for race in self._races.values():
+            if not race.slots:
+                self._drop(race)
+                return
+        raise RuntimeError("FFS race table full of races with live members (max_races < max_slots?)")
+
+    def _drop(self, race: _Race) -> None:
+        del self._races[race.key]
+        self._race_of_index[race.index] = None
+        self._free_indices.append(race.index)
+
+    @property
+    def num_races(self) -> int:
+        return len(self._races)
+
+    def race_finished(self, slot: int) -> int:
+        """Natural finishes so far in the race of the member in `slot`."""
+        race = self._race_of_index[self.race_index[slot]]
+        return race.finished if race is not None else 0
+
+    # -- slot hooks --------------------------------------------------------------------------------------------
+    def add(self, slot: int, key: Hashable, k: int, size: int | None = None, payload: Any = None) -> bool:
+        """Make `slot` a member of race `key` (the slot must be free); returns whether it must stop at once."""
+        race = self._race(key, size)
+        race.slots.add(slot)
+        self.race_index[slot] = race.index
+        self.k[slot] = k
+        self.payload[slot] = payload
+        self.num_members += 1
+        stop = race.finished >= k
+        self.stopping[slot] = stop
+        if stop:
+            self.stopping_slots.add(slot)
+        return stop
+
+    def remove(self, slot: int, outcome: SlotOutcome) -> None:
+        """The member in `slot` left; a natural finish may stop its siblings. Free slots are ignored."""
+        index = self.race_index[slot]
+        if index < 0:
+            return
+        race = self._race_of_index[index]
+        self._clear(slot)
+        if race is None:
+            return
+        race.slots.discard(slot)
+        if outcome != SlotOutcome.UNKNOWN:
+            race.done += 1
+        if outcome == SlotOutcome.NATURAL:
+            race.finished += 1
+            for other in race.slots:
+                if not self.stopping[other] and race.finished >= self.k[other]:
+                    self.stopping[other] = True
+                    self.stopping_slots.add(other)
+        if race.size is not None and race.done >= race.size and not race.slots:
+            self._drop(race)
+
+    def move(self, src: int, dst: int, swap: bool) -> None:
+        """Move slot `src` to `dst` (`dst` must be free unless `swap`), or swap them."""
+        races = {self._race_of_index[self.race_index[i]] for i in (src, dst) if self.race_index[i] >= 0}
+        for race in races:
+            if race is not None:
+                race.slots = {dst if s == src else src if (swap and s == dst) else s for s in race.slots}
+        for arr in (self.race_index, self.k, self.stopping):
+            if swap:
+                arr[src], arr[dst] = arr[dst], arr[src]
+            else:
+                arr[dst] = arr[src]
+        if swap:
+            self.payload[src], self.payload[dst] = self.payload[dst], self.payload[src]
+        else:
+            self.payload[dst] = self.payload[src]
+            self.race_index[src] = -1
+            self.stopping[src] = False
+            self.payload[src] = None
+        self.stopping_slots = {
+            dst if s == src else src if (swap and s == dst) else s for s in self.stopping_slots
+        }
+
+    def _clear(self, slot: int) -> None:
+        self.race_index[slot] = -1
+        self.k[slot] = 0
+        self.stopping[slot] = False
+        self.payload[slot] = None
+        self.stopping_slots.discard(slot)
+        self.num_members -= 1
+
+    def member_slots(self) -> np.ndarray:
+        return np.flatnonzero(self.race_index >= 0)
+
+
+def force_tokens_(logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Make `tokens[i]` the only choice of row `rows[i]` (-inf elsewhere, 0 on it), in place."""
+    logits.index_fill_(0, rows, float("-inf"))
+    logits.index_put_((rows, tokens), torch.zeros((), dtype=logits.dtype, device=logits.device))
+    return logits
+
+
+def force_tokens_where_(logits: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Force `tokens[r]` on the rows where `mask[r]`; other rows keep their logits. No host sync."""
+    column = tokens.unsqueeze(1)
+    kept = logits.gather(1, column)
+    logits.masked_fill_(mask.unsqueeze(1), float("-inf"))
+    logits.scatter_(1, column, torch.where(mask.unsqueeze(1), torch.zeros_like(kept), kept))
+    return logits
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Engine-side helpers shared by both runners
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _load_tokenizer(vllm_config: VllmConfig | None):
+    model_config = getattr(vllm_config, "model_config", None)
+    if model_config is None or getattr(model_config, "skip_tokenizer_init", False):
+        return None
+    try:
+        from vllm.tokenizers.registry import cached_tokenizer_from_config
+
+        return cached_tokenizer_from_config(model_config)
+    except Exception:  # no tokenizer: FFS still works, losers are just not marked
+        return None
+
+
+def find_marker_token(tokenizer, vocab_size: int | None = None) -> int | None:
+    """The single token that decodes to `FFS_STOP_REASON`, or None when the tokenizer has none."""
+    if tokenizer is None:
+        return None
+    try:
+        ids = tokenizer.encode(FFS_STOP_REASON, add_special_tokens=False)
+        for token in ids:
+            if (vocab_size is None or token < vocab_size) and tokenizer.decode([token]) == FFS_STOP_REASON:
+                return int(token)
+    except Exception:
+        return None
+    return None
+
+
+def _stop_token_ids(params: SamplingParams) -> tuple[int, ...]:
+    ids = [] if params.eos_token_id is None else [params.eos_token_id]
+    ids += [t for t in params.stop_token_ids or () if t not in ids]
+    return tuple(int(t) for t in ids)
+
+
+def _user_stop_strings(params: SamplingParams) -> tuple[str, ...]:
+    stop = [params.stop] if isinstance(params.stop, str) else params.stop or ()
+    return tuple(s for s in stop if s != FFS_STOP_REASON)
+
+
+def _marked(params: SamplingParams, marker: int | None) -> bool:
+    stop = [params.stop] if isinstance(params.stop, str) else params.stop or ()
+    return marker is not None and FFS_STOP_REASON in stop
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# V1 runner adapter (persistent batch: update_state(BatchUpdate) + apply(logits))
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _V1Member:
+    output_ids: list[int]  # live list, owned by the model runner
+    stop_ids: frozenset[int]
+    stop_token: int  # forced to end the sample: EOS, else the first stop token
+    marked: bool  # losers get the marker token first
+    max_tokens: int | None
+    prompt_len: int
+    stop_strings: tuple[str, ...]
+    skip_special_tokens: bool
+
+
+class FirstFinishV1:
+    """FFS for vLLM's V1 model runner, as a component with the processor hooks (compose it into a processor).
+
+    Host bookkeeping only changes with batch updates; `apply` returns at once when no FFS request is in the batch,
+    masks the marker token for members (one ``index_put_``) and forces the rows being stopped (one ``index_fill_``
+    and one ``index_put_``; a Python loop touches only those rows, for the one or two steps they take to stop).
+    """
+
+    validate_params = staticmethod(validate_first_finish_params)
+
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool = False):
+        max_slots = int(vllm_config.scheduler_config.max_num_seqs)
+        model_config = getattr(vllm_config, "model_config", None)
+        self.max_model_len = getattr(model_config, "max_model_len", None)
+        self.vocab_size = model_config.get_vocab_size() if model_config is not None else None
+        self.device = torch.device(device)
+        self.pin_memory = is_pin_memory
+        self.core = FirstFinishCore(max_slots)
+        self._vllm_config = vllm_config
+        self._tokenizer: Any = None
+        self._tokenizer_loaded = False
+        self.marker_token: int | None = None
+        self._member_rows: torch.Tensor | None = None  # [num members] rows whose marker logit is masked
+        self._marker_columns: torch.Tensor | None = None  # [num members] the marker token, repeated
+        self._neg_inf = torch.tensor(float("-inf"), device=self.device)
+        self._members_changed = False
+
+    # -- tokenizer (only needed once a request uses FFS) ---------------------------------------------------------
+    def _ensure_tokenizer(self) -> None:
+        if not self._tokenizer_loaded:
+            self._tokenizer_loaded = True
+            self._tokenizer = _load_tokenizer(self._vllm_config)
+            self.marker_token = find_marker_token(self._tokenizer, self.vocab_size)
+
+    def set_tokenizer(self, tokenizer) -> None:
+        """Use `tokenizer` (instead of loading the model's) for the marker token and stop strings."""
+        self._tokenizer, self._tokenizer_loaded = tokenizer, True
+        self.marker_token = find_marker_token(tokenizer, self.vocab_size)
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        core = self.core
+        if core.num_members:
+            for index in batch_update.removed:
+                self._vacate(index)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            if core.num_members:
+                self._vacate(index)  # an add over an occupied index: the previous request left
+            extra_args = params.extra_args
+            if extra_args and (FIRST_FINISH_KEY in extra_args or GROUP_KEY in extra_args):
+                self._admit(index, params, prompt_ids, output_ids)
+        if core.num_members:
+            for src, dst, direction in batch_update.moved:
+                swap = direction == MoveDirectionality.SWAP
+                if not swap and src != dst:
+                    self._vacate(dst)  # condensing moves overwrite finished requests without removing them
+                core.move(src, dst, swap)
+                self._members_changed = True
+        if self._members_changed:
+            self._members_changed = False
+            rows = core.member_slots()
+            if len(rows) and self.marker_token is not None:
+                self._member_rows = self._to_device(rows)
+                self._marker_columns = self._to_device(np.full(len(rows), self.marker_token))
+            else:
+                self._member_rows = None
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        core = self.core
+        if not core.num_members:
+            return logits
+        if self._member_rows is not None:  # members never sample the marker themselves
+            value = self._neg_inf if logits.dtype == self._neg_inf.dtype else self._neg_inf.to(logits.dtype)
+            logits.index_put_((self._member_rows, self._marker_columns), value)
+        if not core.stopping_slots:
+            return logits
+        rows = sorted(s for s in core.stopping_slots if s < logits.shape[0])
+        tokens = []
+        for slot in rows:
+            member: _V1Member = core.payload[slot]
+            last = _last_real_token(member.output_ids)
+            tokens.append(
+                self.marker_token if member.marked and last != self.marker_token else member.stop_token
+            )
+        return force_tokens_(logits, self._to_device(rows), self._to_device(tokens))
+
+    # -- internals -----------------------------------------------------------------------------------------------
+    def _admit(self, index: int, params: SamplingParams, prompt_ids, output_ids: list[int]) -> None:
+        spec = parse_first_finish_args(params.extra_args)
+        if spec is None:
+            return
+        self._ensure_tokenizer()
+        stop_ids = _stop_token_ids(params)
+        if not stop_ids and not _marked(params, self.marker_token):
+            return  # nothing can end this sample; validate_params rejects this case at admission
+        member = _V1Member(
+            output_ids=output_ids,
+            stop_ids=frozenset(stop_ids),
+            stop_token=stop_ids[0] if stop_ids else -1,
+            marked=_marked(params, self.marker_token),
+            max_tokens=params.max_tokens,
+            prompt_len=len(prompt_ids) if prompt_ids is not None else 0,
+            stop_strings=_user_stop_strings(params) if self._tokenizer is not None else (),
+            skip_special_tokens=params.skip_special_tokens,
+        )
+        key = _race_key(params.extra_args, spec, prompt_ids)
+        size = params.extra_args.get(RACE_SIZE_KEY) if spec.group is None else None
+        self.core.add(index, key, spec.k, size, member)
+        self._members_changed = True
+
+    def _vacate(self, index: int) -> None:
+        core = self.core
+        if core.race_index[index] < 0:
+            return
+        member: _V1Member = core.payload[index]
+        core.remove(index, self._outcome(index, member))
+        self._members_changed = True
+
+    def _outcome(self, index: int, member: _V1Member) -> SlotOutcome:
+        if self.core.stopping[index]:
+            return SlotOutcome.STOPPED
+        tokens = member.output_ids
+        last = _last_real_token(tokens)
+        if last is None:
+            return SlotOutcome.UNKNOWN
+        if last in member.stop_ids:
+            return SlotOutcome.NATURAL
+        if member.stop_strings and self._ends_with_stop_string(member):
+            return SlotOutcome.NATURAL
+        num_tokens = len(tokens) - _num_placeholders(tokens)
+        if (member.max_tokens is not None and num_tokens >= member.max_tokens) or (
+            self.max_model_len is not None and member.prompt_len + num_tokens >= self.max_model_len
+        ):
+            return SlotOutcome.LENGTH
+        return SlotOutcome.UNKNOWN
+
+    def _ends_with_stop_string(self, member: _V1Member) -> bool:
+        # A sample the frontend ended on a stop string was aborted in the engine core; its text holds the string
+        # (possibly followed by the few tokens generated before the abort arrived).
+        ids = [t for t in member.output_ids if t >= 0]
+        try:
+            text = self._tokenizer.decode(ids, skip_special_tokens=member.skip_special_tokens)
+        except Exception:
+            return False
+        return any(s in text for s in member.stop_strings)
+
+    def _to_device(self, values) -> torch.Tensor:
+        host = torch.as_tensor(np.asarray(values, dtype=np.int64))
+        if self.device.type == "cpu":
+            return host
+        if self.pin_memory:
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True)
+
+
+def _num_placeholders(tokens: list[int]) -> int:
+    count = 0
+    while count < len(tokens) and tokens[-1 - count] < 0:  # async scheduling's not-yet-known tokens are -1
+        count += 1
+    return count
+
+
+def _last_real_token(tokens: list[int]) -> int | None:
+    for token in reversed(tokens):
+        if token >= 0:
+            return token
+    return None
+
+
+class FirstFinishLogitsProcessor(V1LogitsProcessor):
+    """First Finish Search as a standalone V1-runner logits processor.
+
+    TEMPORARY: FFS will be served by the single ``vllm_ttsplugin:TTSLogitsProcessor`` (with thinking control);
+    this class exists so FFS can run on its own meanwhile. Load it with
+    ``--logits-processors vllm_ttsplugin.ffs:FirstFinishLogitsProcessor`` or ``LLM(...,
+    logits_processors=[FirstFinishLogitsProcessor])``. It rejects nothing but bad FFS arguments, and leaves
+    requests without ``tts_*`` keys untouched. Like every custom V1 processor, it cannot be combined with
+    speculative decoding (vLLM refuses to start).
+    """
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        validate_first_finish_params(sampling_params)
+
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
+        self.ffs = FirstFinishV1(vllm_config, device, is_pin_memory)
+
+    def is_argmax_invariant(self) -> bool:
+        """Forcing a stop token changes greedy decoding too."""
+        return False
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        self.ffs.update_state(batch_update)
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.ffs.apply(logits)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# V2 runner adapter (persistent slots: add_request + apply_staged_writes + apply(logits, ctx))
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class FirstFinishV2:
+    """FFS for vLLM's V2 model runner (GPU default), as a component with the V2 processor hooks.
+
+    Membership and races are host bookkeeping (`FirstFinishCore`); counting natural finishes and deciding whom
+    to stop happen on the device, from ``req_states`` (committed tokens and lengths), so a step never waits on the
+    GPU: per step a handful of gathers over the member slots and one masked write over the rows. `apply` returns
+    at once, with no device work, when no FFS member is in the batch (host check of ``ctx.idx_mapping_np``).
+    """
+
+    validate_params = staticmethod(validate_first_finish_params)
+
+    def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState, tokenizer: Any = None):
+        self.req_states = req_states
+        self.device = torch.device(req_states.device)
+        max_slots = int(req_states.max_num_reqs)
+        self.core = FirstFinishCore(max_slots)
+        self.max_races = self.core.max_races
+        self._vllm_config = vllm_config
+        self._tokenizer = tokenizer
+        self._tokenizer_loaded = tokenizer is not None
+        self.marker_token: int | None = (
+            find_marker_token(tokenizer, req_states.vocab_size) if tokenizer is not None else None
+        )
+        dev = self.device
+        self._num_stop_ids = 4
+        # Host mirrors of what add_request writes (flushed in apply_staged_writes).
+        self._host_race = np.zeros(max_slots, dtype=np.int64)
+        self._host_k = np.zeros(max_slots, dtype=np.int64)
+        self._host_stop_token = np.zeros(max_slots, dtype=np.int64)
+        self._host_marked = np.zeros(max_slots, dtype=bool)
+        self._host_stop_ids = np.full((max_slots, self._num_stop_ids), -1, dtype=np.int64)
+        self._dirty: list[int] = []
+        # Device state, per slot.
+        self.race = torch.zeros(max_slots, dtype=torch.long, device=dev)  # [max_slots] race index
+        self.k = torch.zeros(max_slots, dtype=torch.long, device=dev)  # [max_slots] finishes that stop it
+        self.member = torch.zeros(
+            max_slots, dtype=torch.bool, device=dev
+        )  # [max_slots] slot is an FFS member
+        self.stop_token = torch.zeros(max_slots, dtype=torch.long, device=dev)  # [max_slots] EOS / stop token
+        self.marked = torch.zeros(max_slots, dtype=torch.bool, device=dev)  # [max_slots] marker first
+        self.stop_ids = torch.full((max_slots, self._num_stop_ids), -1, dtype=torch.long, device=dev)
+        self.counted = torch.zeros(
+            max_slots, dtype=torch.bool, device=dev
+        )  # [max_slots] natural finish counted
+        self.forced = torch.zeros(max_slots, dtype=torch.bool, device=dev)  # [max_slots] FFS forced a token
+        self.finished = torch.zeros(
+            self.max_races, dtype=torch.long, device=dev
+        )  # [max_races] natural finishes
+        self._slot_ids = torch.arange(max_slots, device=dev)
+        self._member_slots = self._slot_ids[:0]
+        self._members_changed = False
+
+    def _ensure_tokenizer(self) -> None:
+        if not self._tokenizer_loaded:
+            self._tokenizer_loaded = True
+            self._tokenizer = _load_tokenizer(self._vllm_config)
+            self.marker_token = find_marker_token(self._tokenizer, self.req_states.vocab_size)
+
+    # -- hooks ---------------------------------------------------------------------------------------------------
+    def add_request(self, slot: int, params: SamplingParams) -> bool:
+        core = self.core
+        if core.race_index[slot] >= 0:
+            # The slot is reused: count its previous occupant now, before the runner's staged writes (flushed after
+            # every add_request of this step) overwrite its tokens on the device.
+            self._count_natural_finishes(self._slot_ids[slot : slot + 1])
+            core.remove(slot, SlotOutcome.UNKNOWN)
+            self._members_changed = True
+        self._host_race[slot] = 0
+        self._host_marked[slot] = False
+        self._dirty.append(slot)
+        extra_args = params.extra_args
+        if not extra_args or (FIRST_FINISH_KEY not in extra_args and GROUP_KEY not in extra_args):
+            return False
+        spec = parse_first_finish_args(extra_args)
+        self._ensure_tokenizer()
+        stop_ids = _stop_token_ids(params)
+        marked = _marked(params, self.marker_token)
+        if spec is None or (not stop_ids and not marked):
+            return False
+        key = _race_key(extra_args, spec, None)
+        size = extra_args.get(RACE_SIZE_KEY) if spec.group is None else None
+        core.add(slot, key, spec.k, size)
+        self._members_changed = True
+        if len(stop_ids) > self._num_stop_ids:
+            self._grow_stop_ids(len(stop_ids))
+        self._host_race[slot] = core.race_index[slot]
+        self._host_k[slot] = spec.k
+        self._host_stop_token[slot] = stop_ids[0] if stop_ids else 0
+        self._host_marked[slot] = marked
+        self._host_stop_ids[slot] = -1
+        self._host_stop_ids[slot, : len(stop_ids)] = stop_ids
+        return True
+
+    def apply_staged_writes(self) -> None:
+        if self.core.recycled:
+            self.finished[self._index(self.core.recycled)] = 0
+            self.core.recycled.clear()
+        if self._dirty:
+            slots = sorted(set(self._dirty))
+            self._dirty.clear()
+            idx = self._index(slots)
+            self.race[idx] = self._index(self._host_race[slots])
+            self.k[idx] = self._index(self._host_k[slots])
+            self.stop_token[idx] = self._index(self._host_stop_token[slots])
+            self.marked[idx] = self._index(self._host_marked[slots]).bool()
+            self.stop_ids[idx] = self._index(self._host_stop_ids[slots])
+            self.member[idx] = self._index(self.core.race_index[slots] >= 0).bool()
+            self.counted[idx] = False
+            self.forced[idx] = False
+        if self._members_changed:
+            self._members_changed = False
+            self._member_slots = self._index(self.core.member_slots())
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        if not self.core.num_members or not (self.core.race_index[ctx.idx_mapping_np] >= 0).any():
+            return logits
+        self._count_natural_finishes(self._member_slots)
+        slots = ctx.expanded_idx_mapping.long()
+        valid = slots >= 0
+        slots = slots.clamp(min=0)
+        member = self.member[slots] & valid
+        stop = member & (self.finished[self.race[slots]] >= self.k[slots]) & ~self.counted[slots]
+        if self.marker_token is not None:
+            # Marker first; EOS once the marker is the last committed *output* token (the prompt may end with it).
+            has_output = self.req_states.total_len.gpu[slots] > self.req_states.prompt_len.gpu[slots]
+            use_marker = self.marked[slots] & ~(has_output & (self._last_tokens(slots) == self.marker_token))
+            tokens = torch.where(use_marker, self.marker_token, self.stop_token[slots])
+            column = logits[:, self.marker_token]
+            logits[:, self.marker_token] = torch.where(member, torch.full_like(column, float("-inf")), column)
+        else:
+            tokens = self.stop_token[slots]
+        self.forced[slots] = self.forced[slots] | stop
+        return force_tokens_where_(logits, stop, tokens)
+
+    # -- internals -----------------------------------------------------------------------------------------------
+    def _last_tokens(self, slots: torch.Tensor) -> torch.Tensor:
+        total = self.req_states.total_len.gpu[slots].long()
+        return self.req_states.all_token_ids.gpu[slots, (total - 1).clamp(min=0)].long()
+
+    def _count_natural_finishes(self, slots: torch.Tensor) -> None:
+        """Count, on the device, the members in `slots` whose last committed token is one of their stop tokens."""
+        if slots.numel() == 0:
+            return
+        total = self.req_states.total_len.gpu[slots].long()
+        prompt = self.req_states.prompt_len.gpu[slots].long()
+        last = self._last_tokens(slots)
+        is_stop = (self.stop_ids[slots] == last.unsqueeze(1)).any(dim=1)
+        new = self.member[slots] & is_stop & (total > prompt) & ~self.counted[slots] & ~self.forced[slots]
+        self.counted[slots] = self.counted[slots] | new
+        self.finished.index_add_(0, self.race[slots], new.long())
+
+    def _grow_stop_ids(self, width: int) -> None:
+        host = np.full((self.core.max_slots, width), -1, dtype=np.int64)
+        host[:, : self._num_stop_ids] = self._host_stop_ids
+        self._host_stop_ids = host
+        dev = torch.full((self.core.max_slots, width), -1, dtype=torch.long, device=self.device)
+        dev[:, : self._num_stop_ids] = self.stop_ids
+        self.stop_ids = dev
+        self._num_stop_ids = width
+
+    def _index(self, values) -> torch.Tensor:
+        host = torch.as_tensor(np.asarray(values, dtype=np.int64))
+        return host if self.device.type == "cpu" else host.to(self.device, non_blocking=True)
+
+
+class FirstFinishLogitsProcessorV2(V2LogitsProcessor):
+    """First Finish Search as a standalone V2-runner logits processor (TEMPORARY, like the V1 class).
+
+    Runs after the built-in bias/penalty/bad-words/grammar stages; vLLM's own thinking-budget forcing runs after it.
+    """
+
+    @classmethod
+    def validate_params(cls, sampling_params: SamplingParams) -> None:
+        validate_first_finish_params(sampling_params)
+
+    def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState):
+        self.ffs = FirstFinishV2(vllm_config, req_states)
+
+    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
+        return self.ffs.add_request(req_idx, sampling_params)
+
+    def apply_staged_writes(self) -> None:
+        self.ffs.apply_staged_writes()
+
+    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
+        return self.ffs.apply(logits, ctx)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the output
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def is_first_finish_stopped(completion: Any) -> bool:
+    """Whether FFS stopped this sample (a `CompletionOutput`, or an OpenAI choice object / dict)."""
+    return (
+        _field(completion, "finish_reason") == "stop" and _field(completion, "stop_reason") == FFS_STOP_REASON
+    )
+
+
+def is_natural_finish(completion: Any) -> bool:
+    """Whether the sample ended by itself (EOS, stop token or stop string), i.e. not cut, aborted or stopped."""
+    return _field(completion, "finish_reason") == "stop" and not is_first_finish_stopped(completion)
+
+
+def first_finish_winners(output: RequestOutput, k: int | None = None) -> list[CompletionOutput]:
+    """The natural finishers of an in-engine FFS request, in finishing order (at most `k` when given).
+
+    Within one request all samples start together, so finishing order is length order; samples of equal length
+    finished in the same step and are ordered by index. Samples FFS stopped (`is_first_finish_stopped`) and length
+    cuts are never winners. Several samples finishing in the step that decides the race are all natural finishers;
+    pass `k` to keep the first k.
+    """
+    natural = [c for c in output.outputs if is_natural_finish(c)]
+    natural.sort(key=lambda c: (len(c.token_ids), c.index))
+    return natural if k is None else natural[:k]
