@@ -70,8 +70,9 @@ STR_SPEC_DECODE = (
 # set inside the workers during model initialisation, not in the frontend at admission. So the frontend's own
 # InputProcessor is the reliable source of the model's tokenizer: we find it on the call stack (a few frames up)
 # and use its `tokenizer` and `model_config.get_vocab_size()`; the resolved facts are cached per tokenizer object.
-# Fallbacks, in order: the current vLLM config when one is set; the single engine built in this process.
-_ENGINE_VOCABS: OrderedDict[str, TokenizerVocab] = OrderedDict()
+# Fallback: the current vLLM config when one is set (inside vLLM's workers). Elsewhere (an unknown caller) only
+# the tokenizer-free checks run at admission; the engine resolves the request again and, if that fails, leaves it
+# uncontrolled with a warning rather than failing the step.
 _NOT_FOUND = object()
 
 
@@ -108,8 +109,6 @@ def admission_vocab(max_depth: int = 12) -> TokenizerVocab | None | object:
         config = None
     if config is not None and getattr(config, "model_config", None) is not None:
         return _engine_vocab(config)
-    if len(_ENGINE_VOCABS) == 1:
-        return next(iter(_ENGINE_VOCABS.values()))
     return _NOT_FOUND
 
 
@@ -125,11 +124,7 @@ def _engine_vocab(vllm_config: VllmConfig) -> TokenizerVocab | None:
         return None
     if tokenizer is None:
         return None
-    vocab = vocab_for(tokenizer, model_config.get_vocab_size())
-    _ENGINE_VOCABS[str(model_config.tokenizer)] = vocab
-    while len(_ENGINE_VOCABS) > 8:
-        _ENGINE_VOCABS.popitem(last=False)
-    return vocab
+    return vocab_for(tokenizer, model_config.get_vocab_size())
 
 
 def _all_keys(components: Sequence[type[SlotComponent]]) -> set[str]:
