@@ -139,6 +139,17 @@ def ids(vocab):
     }
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def ops(request, monkeypatch):
+    """The core runs its per-step arithmetic on numpy views on the CPU and on torch on accelerators: force each
+    namespace in turn so both are checked against the reference (torch is what GPUs run)."""
+    import vllm_ttsplugin.thinking as thinking
+
+    if request.param == "torch":
+        monkeypatch.setattr(thinking.ThinkingControl, "_ops", lambda self, *tensors: thinking._TorchOps)
+    return request.param
+
+
 def _run_three_ways(monkeypatch, vocab, make_reqs, max_num_seqs=8):
     use_vocab(monkeypatch, vocab)
     patch_v2_buffers_for_cpu(monkeypatch)
@@ -168,7 +179,7 @@ def _params(temperature=0.0, seed=None, **extra):
     return SamplingParams(temperature=temperature, seed=seed, max_tokens=32, extra_args=extra or None)
 
 
-def test_max_budget_forces_end_then_answer_prefix(monkeypatch, vocab, ids):
+def test_max_budget_forces_end_then_answer_prefix(ops, monkeypatch, vocab, ids):
     def make():
         return [
             Req("max", _params(tts_max_think=5, tts_answer_prefix="\nFinal Answer:"), ids["open_prompt"]),
@@ -183,7 +194,7 @@ def test_max_budget_forces_end_then_answer_prefix(monkeypatch, vocab, ids):
     assert out[1].output[7] == ids["end"] and ids["end"] not in out[1].output[:7]
 
 
-def test_min_budget_greedy_injects_waits_where_the_model_tries_to_end(monkeypatch, vocab, ids):
+def test_min_budget_greedy_injects_waits_where_the_model_tries_to_end(ops, monkeypatch, vocab, ids):
     end, wait = ids["end"], ids["wait"][0]
     boost = {p: {end: 60.0} for p in (2, 3, 9)}
 
@@ -203,7 +214,7 @@ def test_min_budget_greedy_injects_waits_where_the_model_tries_to_end(monkeypatc
     assert out[2].output[2] == end  # without control the model ends at 2
 
 
-def test_multi_token_wait_is_always_completed_and_counts_as_thinking(monkeypatch, vocab, ids):
+def test_multi_token_wait_is_always_completed_and_counts_as_thinking(ops, monkeypatch, vocab, ids):
     end = ids["end"]
     wait = list(ids["wait3"])
     assert len(wait) > 2
@@ -221,7 +232,7 @@ def test_multi_token_wait_is_always_completed_and_counts_as_thinking(monkeypatch
     assert r.output[1 + len(wait)] == end
 
 
-def test_wait_that_does_not_fit_before_max_is_not_started(monkeypatch, vocab, ids):
+def test_wait_that_does_not_fit_before_max_is_not_started(ops, monkeypatch, vocab, ids):
     end = ids["end"]
     wait = list(ids["wait3"])
 
@@ -238,7 +249,7 @@ def test_wait_that_does_not_fit_before_max_is_not_started(monkeypatch, vocab, id
     assert r.output[6] == end
 
 
-def test_start_delimiter_emitted_by_the_model_and_multi_token_delimiters(monkeypatch, vocab, ids):
+def test_start_delimiter_emitted_by_the_model_and_multi_token_delimiters(ops, monkeypatch, vocab, ids):
     im, think, s1_end = ids["im_start"], ids["think"], ids["s1_end"]
     assert len(s1_end) == 3 and s1_end[0] == im  # <|im_start|> + "an" + "swer" in the tiny tokenizer
 
@@ -268,7 +279,7 @@ def test_start_delimiter_emitted_by_the_model_and_multi_token_delimiters(monkeyp
     assert out[2].output[6] == ids["wait"][0]  # 2 thinking tokens < 5: the attempt becomes a wait
 
 
-def test_end_scaling_and_sampled_min_agree_on_all_paths(monkeypatch, vocab, ids):
+def test_end_scaling_and_sampled_min_agree_on_all_paths(ops, monkeypatch, vocab, ids):
     end = ids["end"]
 
     def make():
@@ -299,7 +310,7 @@ def test_end_scaling_and_sampled_min_agree_on_all_paths(monkeypatch, vocab, ids)
         assert ids["wait"][0] in r.output  # the sampled min budget injected at least one wait
 
 
-def test_requests_without_tts_keys_are_bit_identical(monkeypatch, vocab, ids):
+def test_requests_without_tts_keys_are_bit_identical(ops, monkeypatch, vocab, ids):
     use_vocab(monkeypatch, vocab)
     driver = V1Driver(4, vocab.vocab_size)
     plain = Req("plain", _params(), ids["open_prompt"])
@@ -354,7 +365,7 @@ def _random_request(rng: random.Random, i: int, ids) -> Req:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_v1_randomized_persistent_batch(monkeypatch, vocab, ids, seed):
+def test_v1_randomized_persistent_batch(ops, monkeypatch, vocab, ids, seed):
     """Like vLLM's tests/v1/logits_processors/test_correctness.py: a persistent batch under random churn."""
     use_vocab(monkeypatch, vocab)
     rng = random.Random(seed)
@@ -410,7 +421,7 @@ def test_v1_randomized_persistent_batch(monkeypatch, vocab, ids, seed):
         assert r.output == expected, f"{r.key} params={r.params.extra_args} log={driver.log[-30:]}"
 
 
-def test_v2_resume_after_preemption_replays_state(monkeypatch, vocab, ids):
+def test_v2_resume_after_preemption_replays_state(ops, monkeypatch, vocab, ids):
     """V2 re-adds a preempted request with its partial output in prefill_len; the slot state is replayed."""
     use_vocab(monkeypatch, vocab)
     patch_v2_buffers_for_cpu(monkeypatch)

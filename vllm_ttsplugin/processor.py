@@ -193,7 +193,8 @@ class _V1Adapter:
         self.requests: list[list[object | None] | None] = [None] * self.num_slots
         self.observed = np.zeros(self.num_slots, dtype=np.int64)
         self.handled = np.zeros(self.num_slots, dtype=bool)
-        self._slots_np: np.ndarray | None = None
+        self._slots_np: np.ndarray | None = None  # handled slots (host), rebuilt when membership changes
+        self._slots_list: list[int] = []
         # id(output list) -> (list, observed, snapshots, parsed requests, prompt): preempted/unscheduled requests.
         self._stash: OrderedDict[int, tuple] = OrderedDict()
 
@@ -292,22 +293,19 @@ class _V1Adapter:
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if self._slots_np is None:
             self._slots_np = np.flatnonzero(self.handled)
-        slots_np = self._slots_np
-        if slots_np.size == 0:
+            self._slots_list = self._slots_np.tolist()
+        slots_np, slots_list = self._slots_np, self._slots_list
+        if not slots_list:
             return logits
         lists = self.lists
-        lengths = np.fromiter((len(lists[s]) for s in slots_np), dtype=np.int64, count=slots_np.size)
-        new = lengths - self.observed[slots_np]
+        lengths = [len(lists[s]) for s in slots_list]
+        new = np.array(lengths, dtype=np.int64) - self.observed[slots_np]
         if ((new != 0) & (new != 1)).any():
-            self._catch_up(slots_np, lengths, new)
-            new = lengths - self.observed[slots_np]
-        tokens = np.fromiter(
-            (lists[s][-1] if n == 1 else -1 for s, n in zip(slots_np, new, strict=True)),
-            dtype=np.int64,
-            count=slots_np.size,
-        )
+            self._catch_up(slots_np, np.array(lengths, dtype=np.int64), new)
+            new = np.array(lengths, dtype=np.int64) - self.observed[slots_np]
+        tokens = [lists[s][-1] if n == 1 else -1 for s, n in zip(slots_list, new.tolist(), strict=True)]
         # One host->device copy per step: slots, tokens, output lengths.
-        packed = torch.from_numpy(np.stack([slots_np, tokens, lengths]))
+        packed = torch.from_numpy(np.array([slots_list, tokens, lengths], dtype=np.int64))
         if self.device.type != "cpu":
             packed = packed.pin_memory() if self.pin_memory else packed
             packed = packed.to(self.device, non_blocking=True)

@@ -101,12 +101,12 @@ def _int64_seed(seed: int) -> int:
 _M32 = 0xFFFFFFFF
 
 
-def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
+def _mul32(h, c: int):
     # (h * c) mod 2**32 for h < 2**32 without overflowing int64: split c into 16-bit halves.
     return (h * (c & 0xFFFF) + (((h * (c >> 16)) & 0xFFFF) << 16)) & _M32
 
 
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
+def _fmix32(h):
     # MurmurHash3's 32-bit finaliser: a bijection with full avalanche.
     h = h ^ (h >> 16)
     h = _mul32(h, 0x85EBCA6B)
@@ -115,27 +115,32 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def counter_uniform(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
-    """Uniforms in [0, 1) (float32, 24-bit) from (int64 seed, int64 counter): the same pair, the same number.
+def counter_uniform(seed, counter):
+    """Uniforms in [0, 1) (24-bit, exact in float32) from (int64 seed, int64 counter): same pair, same number.
 
     A counter-based generator: no state to carry, so a decision made for output position i of a request with
     seed s is the same whether the step ran once, was discarded and re-run, or the request was preempted and
-    resumed, and it is independent of how requests are batched.
+    resumed, and it is independent of how requests are batched. Works on int64 torch tensors (any device) and
+    numpy arrays alike, with identical results.
     """
-    seed = seed.to(torch.int64)
-    counter = counter.to(torch.int64)
+    if isinstance(seed, torch.Tensor):
+        seed, counter = seed.to(torch.int64), counter.to(torch.int64)
+    else:
+        seed, counter = np.asarray(seed, dtype=np.int64), np.asarray(counter, dtype=np.int64)
     hi = _fmix32(((seed >> 32) & _M32) ^ 0x68E31DA4)
     lo = _fmix32(((seed & _M32) ^ hi) ^ 0x3C6EF372)
     h = _fmix32(_mul32(counter & _M32, 0x9E3779B1) ^ lo)
     h = _fmix32(h ^ 0x1B873593)
-    return (h >> 8).to(torch.float32) * (1.0 / 2**24)
+    if isinstance(h, torch.Tensor):
+        return (h >> 8).to(torch.float32) * (1.0 / 2**24)
+    return ((h >> 8) * (1.0 / 2**24)).astype(np.float32)
 
 
 # -- probability of the end token as the request's sampler would draw it -----------------------------------------
 def end_token_probability(
     logits: torch.Tensor,
     end_tokens: torch.Tensor,
-    temperature: torch.Tensor,
+    temperature: torch.Tensor | None,
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
     min_p: torch.Tensor | None = None,
@@ -145,7 +150,7 @@ def end_token_probability(
     Args:
         logits: [rows, vocab] logits as a logits processor sees them (before temperature).
         end_tokens: [rows] token id per row.
-        temperature: [rows] > 0.
+        temperature: [rows] > 0; `None` means 1 for every row (saves a pass over the vocabulary).
         top_k: [rows] int, <= 0 or >= vocab means off; `None` when no row uses it.
         top_p: [rows] float in (0, 1], 1 means off; `None` when no row uses it.
         min_p: [rows] float in [0, 1], 0 means off; `None` when no row uses it.
@@ -153,7 +158,9 @@ def end_token_probability(
     Returns:
         [rows] float32 probabilities.
     """
-    scaled = logits.to(torch.float32) / temperature.to(torch.float32).unsqueeze(1)
+    scaled = logits.to(torch.float32)
+    if temperature is not None:
+        scaled = scaled / temperature.to(torch.float32).unsqueeze(1)
     if min_p is not None:
         probs = scaled.softmax(dim=-1)
         threshold = probs.amax(dim=-1, keepdim=True) * min_p.to(torch.float32).unsqueeze(1)
@@ -218,6 +225,87 @@ def scan_prompt(
     return opens, tail
 
 
+# -- array namespaces -------------------------------------------------------------------------------------------
+class _TorchOps:
+    """Per-step arithmetic on torch tensors (any device; what runs on accelerators)."""
+
+    where = staticmethod(torch.where)
+
+    @staticmethod
+    def clamp(x, lo, hi=None):
+        return x.clamp(min=lo) if hi is None else x.clamp(lo, hi)
+
+    @staticmethod
+    def stack_cols(cols):
+        return torch.stack(cols, dim=1)
+
+    @staticmethod
+    def cat_cols(a, b):
+        return torch.cat([a, b], dim=1)
+
+    @staticmethod
+    def all_rows(x):
+        return x.all(dim=1)
+
+    @staticmethod
+    def arange(n, like):
+        return torch.arange(n, device=like.device)
+
+    @staticmethod
+    def view(t):
+        return t
+
+    @staticmethod
+    def host(x) -> np.ndarray:
+        return x.cpu().numpy()
+
+    @staticmethod
+    def to_torch(x):
+        return x
+
+
+class _NumpyOps:
+    """The same arithmetic on numpy views of CPU tensors (shared memory, no copies).
+
+    On the CPU a torch op on a few dozen elements costs microseconds of dispatch; numpy costs a fraction of
+    that, and the state machine is a few dozen such ops per step. Both namespaces give identical results.
+    """
+
+    where = staticmethod(np.where)
+
+    @staticmethod
+    def clamp(x, lo, hi=None):
+        return np.maximum(x, lo) if hi is None else np.clip(x, lo, hi)
+
+    @staticmethod
+    def stack_cols(cols):
+        return np.stack(cols, axis=1)
+
+    @staticmethod
+    def cat_cols(a, b):
+        return np.concatenate([a, b], axis=1)
+
+    @staticmethod
+    def all_rows(x):
+        return x.all(axis=1)
+
+    @staticmethod
+    def arange(n, like):
+        return np.arange(n)
+
+    @staticmethod
+    def view(t):
+        return None if t is None else t.numpy()
+
+    @staticmethod
+    def host(x) -> np.ndarray:
+        return x
+
+    @staticmethod
+    def to_torch(x):
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+
 # -- the batched state machine -----------------------------------------------------------------------------------
 class ThinkingControl:
     """Batched thinking-control state for `num_slots` request slots on one device.
@@ -255,6 +343,7 @@ class ThinkingControl:
         self.has_min_np = np.zeros(num_slots, dtype=bool)
         self.greedy_np = np.zeros(num_slots, dtype=bool)
         self.truncates_np = np.zeros(num_slots, dtype=bool)  # sampled with top-k/top-p/min-p
+        self.temperature_np = np.ones(num_slots, dtype=np.float32)
         self.may_force_np = np.zeros(num_slots, dtype=bool)  # budgets or a multi-token end delimiter
         self.specs: list[ThinkingSpec | None] = [None] * num_slots
 
@@ -364,6 +453,7 @@ class ThinkingControl:
             self.active_np[s] = True
             self.has_min_np[s] = spec.min_think > 0
             self.greedy_np[s] = sampling.greedy
+            self.temperature_np[s] = sampling.temperature
             self.truncates_np[s] = not sampling.greedy and (
                 sampling.top_k > 0 or sampling.top_p < 1.0 or sampling.min_p > 0.0
             )
@@ -409,9 +499,17 @@ class ThinkingControl:
         for name in ("active", "dyn", "cfg_i", "cfg_f", "seq", "start_pattern", "recent"):
             setattr(self, name, getattr(self, name)[index])
         self.specs = [None if empty[i] else self.specs[src[i]] for i in range(self.num_slots)]
-        for name in ("active_np", "has_min_np", "greedy_np", "truncates_np", "may_force_np"):
+        for name in (
+            "active_np",
+            "has_min_np",
+            "greedy_np",
+            "truncates_np",
+            "may_force_np",
+            "temperature_np",
+        ):
             flags = getattr(self, name)[src]
-            flags[empty] = False
+            if flags.dtype == bool:
+                flags[empty] = False
             setattr(self, name, flags)
         if empty.any():
             self.release(np.flatnonzero(empty).tolist())
@@ -440,6 +538,15 @@ class ThinkingControl:
         self.recent[slot, self.start_width - recent.shape[0] :] = recent
 
     # -- per step --------------------------------------------------------------------------------------------
+    def _ops(self, *tensors: torch.Tensor | None):
+        """numpy views when everything is on the CPU (and float32 where floating), else torch."""
+        if self.device.type == "cpu" and all(
+            t is None or (t.device.type == "cpu" and (not t.is_floating_point() or t.dtype == torch.float32))
+            for t in tensors
+        ):
+            return _NumpyOps
+        return _TorchOps
+
     def observe(
         self,
         slots: torch.Tensor,
@@ -460,20 +567,23 @@ class ThinkingControl:
         """
         if slots.numel() == 0:
             return
-        d = self.dyn[slots]
-        c = self.cfg_i[slots]
+        xp = self._ops(slots, tokens, positions, valid)
+        slots, tokens, positions, valid = (xp.view(t) for t in (slots, tokens, positions, valid))
+        dyn, cfg_i, seq, recent_all = (xp.view(t) for t in (self.dyn, self.cfg_i, self.seq, self.recent))
+        d = dyn[slots]
+        c = cfg_i[slots]
         phase, think, waits = d[:, D_PHASE], d[:, D_THINK], d[:, D_WAITS]
         seq_kind, seq_pos, seq_stop = d[:, D_SEQ], d[:, D_SEQ_POS], d[:, D_SEQ_STOP]
-        ok = self.active[slots]
+        ok = xp.view(self.active)[slots]
         if valid is not None:
             ok = ok & valid
 
         # A forced sequence in progress: the token either follows it or (overridden) abandons it.
         in_seq = ok & (seq_kind >= 0)
-        expected = self.seq[slots, seq_kind.clamp(min=0), seq_pos.clamp(0, self.seq_width - 1)]
+        expected = seq[slots, xp.clamp(seq_kind, 0), xp.clamp(seq_pos, 0, self.seq_width - 1)]
         follows = in_seq & (tokens == expected)
         seq_pos = seq_pos + follows
-        seq_kind = torch.where((follows & (seq_pos >= seq_stop)) | (in_seq & ~follows), SEQ_NONE, seq_kind)
+        seq_kind = xp.where((follows & (seq_pos >= seq_stop)) | (in_seq & ~follows), SEQ_NONE, seq_kind)
         think = think + (follows & (d[:, D_SEQ] == SEQ_WAIT))
         free = ok & ~follows
 
@@ -497,28 +607,25 @@ class ThinkingControl:
         start_wait = injected & (wait_len > 1)
         end_len, prefix_len = c[:, C_END_LEN], c[:, C_PREFIX_LEN]
         end_rest = is_end & ((end_len > 1) | (budget_stop & (prefix_len > 0)))
-        seq_kind = torch.where(start_wait, SEQ_WAIT, torch.where(end_rest, SEQ_END, seq_kind))
-        seq_pos = torch.where(start_wait | end_rest, 1, seq_pos)
-        seq_stop = torch.where(
-            start_wait, wait_len, torch.where(end_rest, end_len + budget_stop * prefix_len, seq_stop)
+        seq_kind = xp.where(start_wait, SEQ_WAIT, xp.where(end_rest, SEQ_END, seq_kind))
+        seq_pos = xp.where(start_wait | end_rest, 1, seq_pos)
+        seq_stop = xp.where(
+            start_wait, wait_len, xp.where(end_rest, end_len + budget_stop * prefix_len, seq_stop)
         )
-        new_phase = torch.where(is_end, PHASE_ANSWER, phase)
-        budget = torch.where(is_end, budget_stop.long(), d[:, D_BUDGET_STOP])
+        new_phase = xp.where(is_end, PHASE_ANSWER, phase)
+        budget = xp.where(is_end, budget_stop * 1, d[:, D_BUDGET_STOP])
 
         # Before thinking: slide the window and look for the start delimiter.
         before = free & (phase == PHASE_BEFORE)
-        recent = self.recent[slots]
-        recent = torch.where(
-            before.unsqueeze(1), torch.cat([recent[:, 1:], tokens.unsqueeze(1)], dim=1), recent
-        )
-        self.recent[slots] = recent
-        pattern = self.start_pattern[slots]
-        started = before & ((recent == pattern) | (pattern == ANY_TOKEN)).all(dim=1)
-        new_phase = torch.where(started, PHASE_THINKING, new_phase)
+        recent = recent_all[slots]
+        recent = xp.where(before[:, None], xp.cat_cols(recent[:, 1:], tokens[:, None]), recent)
+        recent_all[slots] = recent
+        pattern = xp.view(self.start_pattern)[slots]
+        started = before & xp.all_rows((recent == pattern) | (pattern == ANY_TOKEN))
+        new_phase = xp.where(started, PHASE_THINKING, new_phase)
 
-        self.dyn[slots] = torch.stack(
-            [new_phase, think, waits, seq_kind, seq_pos, seq_stop, d[:, D_DEC_POS], d[:, D_DEC_END], budget],
-            dim=1,
+        dyn[slots] = xp.stack_cols(
+            [new_phase, think, waits, seq_kind, seq_pos, seq_stop, d[:, D_DEC_POS], d[:, D_DEC_END], budget]
         )
 
     def apply(
@@ -540,104 +647,106 @@ class ThinkingControl:
         """
         if not self.active_np[slots_np].any():
             return logits
-        d = self.dyn[slots]
-        c = self.cfg_i[slots]
-        ts_value = self.cfg_f[slots, F_TS_VALUE]
-        act = self.active[slots]
+        xp = self._ops(logits, slots, out_len, rows)
+        scores = xp.view(logits)
+        slots, out_len, rows = xp.view(slots), xp.view(out_len), xp.view(rows)
+        dyn, cfg_i = xp.view(self.dyn), xp.view(self.cfg_i)
+        d = dyn[slots]
+        c = cfg_i[slots]
+        ts_value = xp.view(self.cfg_f)[slots, F_TS_VALUE]
+        act = xp.view(self.active)[slots]
         phase, think, waits = d[:, D_PHASE], d[:, D_THINK], d[:, D_WAITS]
         seq_kind, seq_pos = d[:, D_SEQ], d[:, D_SEQ_POS]
-        row_index = rows if rows is not None else torch.arange(slots.shape[0], device=logits.device)
+        row_index = rows if rows is not None else xp.arange(slots.shape[0], slots)
         end0 = c[:, C_END0]
 
         in_seq = act & (seq_kind >= 0)
-        seq_token = self.seq[slots, seq_kind.clamp(min=0), seq_pos.clamp(0, self.seq_width - 1)]
+        seq_token = xp.view(self.seq)[slots, xp.clamp(seq_kind, 0), xp.clamp(seq_pos, 0, self.seq_width - 1)]
         free_thinking = act & ~in_seq & (phase == PHASE_THINKING)
         max_think = c[:, C_MAX]
         at_max = free_thinking & (think >= max_think)
         below_min = free_thinking & ~at_max & (think < c[:, C_MIN]) & (waits < c[:, C_MAX_WAITS])
-        fits = think + c[:, C_WAIT_LEN] <= max_think
-        window = below_min & fits
+        window = below_min & (think + c[:, C_WAIT_LEN] <= max_think)
 
         # TS: scale the end token's logit while thinking freely.
-        end_logit = logits[row_index, end0]
+        end_logit = scores[row_index, end0]
         ts_mode = c[:, C_TS_MODE]
-        scaled = torch.where(
-            ts_mode == TS_TEMPERATURE, end_logit / ts_value.clamp(min=1e-30), end_logit + ts_value
+        scaled = xp.where(
+            ts_mode == TS_TEMPERATURE, end_logit / xp.clamp(ts_value, 1e-30), end_logit + ts_value
         )
-        end_logit_ts = torch.where(free_thinking & ~at_max & (ts_mode != TS_OFF), scaled, end_logit)
+        end_logit_ts = xp.where(free_thinking & ~at_max & (ts_mode != TS_OFF), scaled, end_logit)
 
-        decided = torch.zeros_like(window)
+        decided = window & False
         has_min = self.has_min_np[slots_np]
         if has_min.any():
             # The decision sees the TS-scaled end logit.
-            logits.index_put_((row_index, end0), end_logit_ts.to(logits.dtype))
-            decided = self._decide(logits, row_index, slots, slots_np, has_min, end0, out_len) & window
-            dec_pos = torch.where(window, out_len, d[:, D_DEC_POS])
-            dec_end = torch.where(window, decided.long(), d[:, D_DEC_END])
-            self.dyn[slots, D_DEC_POS] = dec_pos
-            self.dyn[slots, D_DEC_END] = dec_end
+            scores[row_index, end0] = end_logit_ts
+            decided = self._decide(xp, scores, row_index, slots, slots_np, has_min, end0, out_len, window)
+            dyn[slots, D_DEC_POS] = xp.where(window, out_len, d[:, D_DEC_POS])
+            dyn[slots, D_DEC_END] = xp.where(window, decided * 1, d[:, D_DEC_END])
 
-        forced = torch.where(
-            in_seq, seq_token, torch.where(at_max, end0, torch.where(decided, c[:, C_WAIT0], PAD_TOKEN))
+        forced = xp.where(
+            in_seq, seq_token, xp.where(at_max, end0, xp.where(decided, c[:, C_WAIT0], PAD_TOKEN))
         )
         force = forced >= 0
         exclude = below_min & ~decided
-        neg_inf = torch.full_like(end_logit, -math.inf)
-        end_value = torch.where(
-            force,
-            torch.where(forced == end0, torch.zeros_like(end_logit), neg_inf),
-            torch.where(exclude, neg_inf, end_logit_ts),
+        end_value = xp.where(
+            force, xp.where(forced == end0, 0.0, -math.inf), xp.where(exclude, -math.inf, end_logit_ts)
         )
         may_force = self.may_force_np[slots_np].any()
         if may_force:
-            if rows is None:
-                row_mask = force
+            if xp is _NumpyOps:
+                scores[row_index[force]] = -math.inf  # touch only the forced rows
+            elif rows is None:
+                logits.masked_fill_(force[:, None], -math.inf)
             else:
                 row_mask = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
                 row_mask[row_index] = force
-            logits.masked_fill_(row_mask.unsqueeze(1), -math.inf)
-        logits.index_put_((row_index, end0), end_value.to(logits.dtype))
+                logits.masked_fill_(row_mask[:, None], -math.inf)
+        scores[row_index, end0] = end_value
         if may_force:
-            column = forced.clamp(min=0)
-            current = logits[row_index, column]
-            logits.index_put_((row_index, column), torch.where(force, torch.zeros_like(current), current))
+            column = xp.clamp(forced, 0)
+            current = scores[row_index, column]
+            scores[row_index, column] = xp.where(force, 0.0, current)
         return logits
 
-    def _decide(
-        self,
-        logits: torch.Tensor,
-        row_index: torch.Tensor,
-        slots: torch.Tensor,
-        slots_np: np.ndarray,
-        has_min: np.ndarray,
-        end0: torch.Tensor,
-        out_len: torch.Tensor,
-    ) -> torch.Tensor:
-        """Whether each row's end token would be produced now: argmax (greedy) or a seeded draw (sampled)."""
-        n = slots.shape[0]
-        decided = torch.zeros(n, dtype=torch.bool, device=slots.device)
+    def _decide(self, xp, scores, row_index, slots, slots_np, has_min, end0, out_len, window):
+        """Whether each row's end token would be produced now: argmax (greedy) or a seeded draw (sampled).
+
+        Only rows in the min window matter. On an accelerator the candidates are chosen on the host (rows of
+        requests with a minimum budget) so nothing synchronises; on the CPU, where there is nothing to synchronise
+        with, the vocabulary passes are restricted to the rows actually in the window.
+        """
+        decided = window & False
         greedy = self.greedy_np[slots_np]
-        pick_greedy = np.flatnonzero(has_min & greedy)
+        if xp is _NumpyOps or scores.device.type == "cpu":
+            candidates = np.flatnonzero(xp.host(window))
+            picks = (candidates[greedy[candidates]], candidates[~greedy[candidates]])
+        else:
+            picks = (np.flatnonzero(has_min & greedy), np.flatnonzero(has_min & ~greedy))
+        pick_greedy, pick_sampled = picks
+        to_index = (lambda a: a) if xp is _NumpyOps else (lambda a: torch.from_numpy(a).to(slots.device))
         if pick_greedy.size:
-            sel = torch.from_numpy(pick_greedy).to(slots.device)
-            rows = logits[row_index[sel]]
-            decided[sel] = rows.argmax(dim=-1) == end0[sel]
-        pick_sampled = np.flatnonzero(has_min & ~greedy)
+            sel = to_index(pick_greedy)
+            decided[sel] = scores[row_index[sel]].argmax(-1) == end0[sel]
         if pick_sampled.size:
-            sel = torch.from_numpy(pick_sampled).to(slots.device)
+            sel = to_index(pick_sampled)
             sel_slots = slots[sel]
-            rows = logits[row_index[sel]]
-            f = self.cfg_f[sel_slots]
-            truncated = self.truncates_np[slots_np[pick_sampled]]
+            f = xp.view(self.cfg_f)[sel_slots]
             top_k = top_p = min_p = None
-            if truncated.any():
-                top_k = self.cfg_i[sel_slots, C_TOP_K]
-                top_p = f[:, F_TOP_P]
-                min_p = f[:, F_MIN_P]
-            p_end = end_token_probability(rows, end0[sel], f[:, F_TEMPERATURE], top_k, top_p, min_p)
-            u = counter_uniform(self.cfg_i[sel_slots, C_SEED], out_len[sel])
-            decided[sel] = u < p_end
-        return decided
+            if self.truncates_np[slots_np[pick_sampled]].any():
+                top_k = xp.to_torch(xp.view(self.cfg_i)[sel_slots, C_TOP_K])
+                top_p = xp.to_torch(f[:, F_TOP_P])
+                min_p = xp.to_torch(f[:, F_MIN_P])
+            temperature = None
+            if not (self.temperature_np[slots_np[pick_sampled]] == 1.0).all():
+                temperature = xp.to_torch(f[:, F_TEMPERATURE])
+            p_end = end_token_probability(
+                xp.to_torch(scores[row_index[sel]]), xp.to_torch(end0[sel]), temperature, top_k, top_p, min_p
+            )
+            u = counter_uniform(xp.view(self.cfg_i)[sel_slots, C_SEED], out_len[sel])
+            decided[sel] = u < (p_end.numpy() if xp is _NumpyOps else p_end)
+        return decided & window
 
     # -- inspection (tests, reports) -------------------------------------------------------------------------
     def state(self, slot: int) -> dict[str, int]:
