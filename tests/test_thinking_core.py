@@ -522,3 +522,53 @@ def test_discarded_steps_leave_no_state():
         again = control.apply(logits.clone(), torch.tensor([0]), np.array([0]), torch.tensor([0]))
         assert torch.equal(first, again)
     assert control.state(0)["think"] == 0 and control.state(0)["phase"] == PHASE_THINKING
+
+
+def test_runner_components_own_their_keys_and_run_last(monkeypatch, vocab, ids):
+    """How First Finish Search plugs in: a runner component validated at admission and applied after ours."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.sample.logits_processor import BatchUpdateBuilder
+
+    from vllm_ttsplugin import TTSLogitsProcessor
+    from vllm_ttsplugin.processor import RunnerComponent
+
+    use_vocab(monkeypatch, vocab)
+    stop_token = 7
+
+    class StopEverything:  # a stand-in for First Finish's V1 processor: forces one token on every row
+        def __init__(self, vllm_config, device, is_pin_memory):
+            self.updates = 0
+
+        def update_state(self, batch_update):
+            self.updates += 1
+
+        def apply(self, logits):
+            logits.fill_(-math.inf)
+            logits[:, stop_token] = 0.0
+            return logits
+
+    def validate(params):
+        k = (params.extra_args or {}).get("tts_first_finish")
+        if k is not None and (not isinstance(k, int) or k < 1):
+            raise VLLMValidationError(
+                "`tts_first_finish` must be an integer >= 1", parameter="tts_first_finish"
+            )
+
+    class Composed(TTSLogitsProcessor):
+        runner_components = (RunnerComponent(("tts_first_finish", "tts_group"), validate, v1=StopEverything),)
+
+    Composed.validate_params(_params(tts_first_finish=2, tts_group="g", tts_max_think=3))
+    with pytest.raises(VLLMValidationError, match="tts_first_finish"):
+        Composed.validate_params(_params(tts_first_finish=0))
+    with pytest.raises(VLLMValidationError, match="tts_first_finish"):  # without the component: reserved key
+        TTSLogitsProcessor.validate_params(_params(tts_first_finish=2))
+
+    from thinking_helpers import fake_vllm_config
+
+    proc = Composed(fake_vllm_config(2), torch.device("cpu"), False)
+    builder = BatchUpdateBuilder()
+    output: list[int] = []
+    builder.added.append((0, _params(tts_max_think=1, tts_first_finish=1), ids["open_prompt"], output))
+    proc.update_state(builder.get_and_reset(1))
+    logits = proc.apply(torch.zeros(1, vocab.vocab_size))
+    assert proc._extra[0].updates == 1 and int(logits.argmax()) == stop_token  # the runner component won

@@ -68,6 +68,71 @@ def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
     print(f"generated {sum(len(o.outputs[0].token_ids) for o in outputs)} tokens in {elapsed:.2f} s")
 
 
+def demo_thinking(args: argparse.Namespace, workdir: Path) -> None:
+    """Budget forcing and TS in a real vLLM engine: requested vs realised thinking lengths."""
+    _header("vLLM thinking control (budget forcing, end-of-think scaling)")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    model = args.model or str(ensure_tiny_model(workdir, args.seed))
+
+    from vllm import LLM, SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    from vllm_ttsplugin import ThinkingConfig, thinking_report
+    from vllm_ttsplugin.testing import small_engine_kwargs
+
+    llm = LLM(
+        model,
+        seed=args.seed,
+        logits_processors=["vllm_ttsplugin:TTSLogitsProcessor"],
+        **small_engine_kwargs(max_model_len=args.max_model_len),
+    )
+    tokenizer = llm.get_tokenizer()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 17 + 25?"}], tokenize=False, add_generation_prompt=True
+    )
+    # The random tiny model rarely ends thinking by itself; a logit bias on the end token makes it try to.
+    end_ids = tokenizer.encode("</think>", add_special_tokens=False)
+    bias = {end_ids[0]: 2.0} if len(end_ids) == 1 and not args.model else None
+    rows = [
+        ("no control", None),
+        ("max 24", ThinkingConfig(tts_max_think=24, tts_answer_prefix="\nFinal Answer:")),
+        ("min 48", ThinkingConfig(tts_min_think=48)),
+        (
+            "min 32 / max 40",
+            ThinkingConfig(tts_min_think=32, tts_max_think=40, tts_answer_prefix="\nFinal Answer:"),
+        ),
+        ("TS bias +2", ThinkingConfig(tts_end_bias=2.0)),
+        ("TS temperature 0.5", ThinkingConfig(tts_end_temperature=0.5)),
+    ]
+    print(f"{'request':<20}{'thinking tokens (mean, n=8)':>30}{'waits':>8}{'ends (natural/budget/open)':>30}")
+    for label, config in rows:
+        params = SamplingParams(n=8, seed=args.seed, temperature=1.0, max_tokens=96, logit_bias=bias)
+        if config is not None:
+            params.extra_args = config.to_extra_args()
+        try:
+            (out,) = llm.generate([prompt], params, use_tqdm=False)
+        except (ValueError, VLLMValidationError) as exc:  # e.g. --model without a detectable </think>
+            print(f"{label:<20} rejected: {exc}")
+            continue
+        reports = thinking_report(out, config or ThinkingConfig(), llm)
+        mean = sum(r.thinking_tokens for r in reports) / len(reports)
+        waits = sum(r.waits for r in reports) / len(reports)
+        ends = "/".join(str(sum(r.end == e for r in reports)) for e in ("natural", "budget", "open"))
+        print(f"{label:<20}{mean:>30.1f}{waits:>8.1f}{ends:>30}")
+    example = (
+        llm.generate(
+            [prompt],
+            ThinkingConfig(tts_max_think=12, tts_answer_prefix="\nFinal Answer:").sampling_params(
+                max_tokens=24, temperature=0
+            ),
+            use_tqdm=False,
+        )[0]
+        .outputs[0]
+        .text
+    )
+    print(f"max 12, greedy: {example!r}")
+
+
 def demo_diffusion(args: argparse.Namespace, workdir: Path) -> None:
     _header("diffusers")
     import torch
@@ -107,6 +172,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"ttsplugin demo (workdir {workdir})")
     if not args.skip_llm:
         demo_llm(args, workdir)
+        demo_thinking(args, workdir)
     if not args.skip_diffusion:
         demo_diffusion(args, workdir)
     print("\ndemo finished")

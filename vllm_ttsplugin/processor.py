@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,13 +132,20 @@ def _all_keys(components: Sequence[type[SlotComponent]]) -> set[str]:
     return {key for comp in components for key in comp.keys}
 
 
-def validate_request(params: SamplingParams, components: Sequence[type[SlotComponent]] = COMPONENTS) -> None:
-    """Admission check of a request's `tts_*` keys; raises `ThinkingConfigError` naming the parameter."""
+def validate_request(
+    params: SamplingParams,
+    components: Sequence[type[SlotComponent]] = COMPONENTS,
+    external_keys: Sequence[str] = (),
+) -> None:
+    """Admission check of a request's `tts_*` keys; raises `ThinkingConfigError` naming the parameter.
+
+    `external_keys` are owned (and validated) by runner components; the slot components skip them.
+    """
     extra = getattr(params, "extra_args", None)
     if not extra or not any(isinstance(k, str) and k.startswith(KEY_PREFIX) for k in extra):
         return
     vocab = admission_vocab()
-    all_keys = _all_keys(components)
+    all_keys = _all_keys(components) | set(external_keys)
     handled = False
     for comp in components:
         other = all_keys.difference(comp.keys)
@@ -175,7 +183,7 @@ class _V1Adapter:
     """
 
     def __init__(
-        self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool, components
+        self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool, components, external_keys=()
     ) -> None:
         if vllm_config.speculative_config is not None:
             raise ValueError(STR_SPEC_DECODE)
@@ -187,7 +195,7 @@ class _V1Adapter:
         self.components: list[SlotComponent] = [
             c(self.num_slots, self.device, self.vocab, seed) for c in components
         ]
-        self._all_keys = _all_keys(components)
+        self._all_keys = _all_keys(components) | set(external_keys)
         self.lists: list[list[int] | None] = [None] * self.num_slots
         self.prompts: list[Any] = [None] * self.num_slots
         self.requests: list[list[object | None] | None] = [None] * self.num_slots
@@ -354,7 +362,7 @@ class _V2Adapter:
     after preemption is re-added with its partial output in `prefill_len`, which is replayed there.
     """
 
-    def __init__(self, vllm_config: VllmConfig, req_states: Any, components) -> None:
+    def __init__(self, vllm_config: VllmConfig, req_states: Any, components, external_keys=()) -> None:
         if vllm_config.speculative_config is not None:
             raise ValueError(STR_SPEC_DECODE)
         self.req_states = req_states
@@ -365,7 +373,7 @@ class _V2Adapter:
         self.components: list[SlotComponent] = [
             c(self.num_slots, self.device, self.vocab, seed) for c in components
         ]
-        self._all_keys = _all_keys(components)
+        self._all_keys = _all_keys(components) | set(external_keys)
         self.handled = np.zeros(self.num_slots, dtype=bool)
         # [num_slots] number of generated tokens the components have observed.
         self.observed = torch.zeros(self.num_slots, dtype=torch.long, device=self.device)
@@ -437,6 +445,29 @@ class _V2Adapter:
 
 
 # -- the public class -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunnerComponent:
+    """A control that brings its own runner-level processors (rather than a `SlotComponent`).
+
+    `TTSLogitsProcessor` runs these after its slot components, so on a row both touch they win: this is where a
+    First Finish stop (the highest priority) plugs in.
+
+    Args:
+        keys: The `extra_args` keys it owns (validated by `validate`, ignored by the other components).
+        validate: Called at admission with the request's `SamplingParams` (may raise `ValueError` or
+            `VLLMValidationError`).
+        v1: Constructed as `v1(vllm_config, device, is_pin_memory)`; gets `update_state(batch_update)` and
+            `apply(logits)` every step, after the slot components.
+        v2: Constructed as `v2(vllm_config, req_states)`; gets `add_request(slot, params) -> bool`,
+            `apply_staged_writes()` and `apply(logits, ctx)`.
+    """
+
+    keys: tuple[str, ...]
+    validate: Callable[[Any], None]
+    v1: Callable[..., Any] | None = None
+    v2: Callable[..., Any] | None = None
+
+
 class TTSLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
     """ttsplugin's controls for vLLM, per request through `SamplingParams.extra_args` / `vllm_xargs`.
 
@@ -450,27 +481,48 @@ class TTSLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
     the runner in use and it dispatches to the matching adapter.
     """
 
+    # Controls in application order (a later one wins on a row both touch): slot components share the
+    # processor's slot bookkeeping; runner components bring their own and run last.
     components: tuple[type[SlotComponent], ...] = tuple(COMPONENTS)
+    runner_components: tuple[RunnerComponent, ...] = ()
 
     def __init__(self, vllm_config: VllmConfig, *args: Any, **kwargs: Any) -> None:
         req_states = kwargs.get("req_states", args[0] if len(args) == 1 else None)
         is_v2 = LogitsProcRequestState is not None and isinstance(req_states, LogitsProcRequestState)
         if is_v2 or (req_states is not None and hasattr(req_states, "all_token_ids")):
             self.runner = "v2"
-            self._impl: _V1Adapter | _V2Adapter = _V2Adapter(vllm_config, req_states, self.components)
+            self._impl: _V1Adapter | _V2Adapter = _V2Adapter(
+                vllm_config, req_states, self.components, self._external_keys()
+            )
+            self._extra = [
+                rc.v2(vllm_config, req_states) for rc in self.runner_components if rc.v2 is not None
+            ]
         else:
             device = kwargs.get("device", args[0] if args else torch.device("cpu"))
             is_pin_memory = kwargs.get("is_pin_memory", args[1] if len(args) > 1 else False)
             self.runner = "v1"
-            self._impl = _V1Adapter(vllm_config, device, is_pin_memory, self.components)
+            self._impl = _V1Adapter(
+                vllm_config, device, is_pin_memory, self.components, self._external_keys()
+            )
+            self._extra = [
+                rc.v1(vllm_config, device, is_pin_memory)
+                for rc in self.runner_components
+                if rc.v1 is not None
+            ]
+
+    @classmethod
+    def _external_keys(cls) -> tuple[str, ...]:
+        return tuple(key for rc in cls.runner_components for key in rc.keys)
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
         """Reject invalid `tts_*` keys at admission (vLLM turns the error into HTTP 400 naming the key)."""
         try:
-            validate_request(sampling_params, cls.components)
+            validate_request(sampling_params, cls.components, cls._external_keys())
         except ThinkingConfigError as exc:
             raise _validation_error(exc) from exc
+        for rc in cls.runner_components:
+            rc.validate(sampling_params)
 
     # V1 interface
     def is_argmax_invariant(self) -> bool:
@@ -479,16 +531,29 @@ class TTSLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         self._impl.update_state(batch_update)  # type: ignore[union-attr]
+        for extra in self._extra:
+            extra.update_state(batch_update)
 
     # V2 interface
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
-        return self._impl.add_request(req_idx, sampling_params)  # type: ignore[union-attr]
+        touched = self._impl.add_request(req_idx, sampling_params)  # type: ignore[union-attr]
+        for extra in self._extra:
+            touched |= bool(extra.add_request(req_idx, sampling_params))
+        return touched
 
     def apply_staged_writes(self) -> None:
         self._impl.apply_staged_writes()  # type: ignore[union-attr]
+        for extra in self._extra:
+            extra.apply_staged_writes()
 
     # both
     def apply(self, logits: torch.Tensor, ctx: Any = None) -> torch.Tensor:
         if ctx is None:
-            return self._impl.apply(logits)  # type: ignore[call-arg]
-        return self._impl.apply(logits, ctx)  # type: ignore[call-arg]
+            logits = self._impl.apply(logits)  # type: ignore[call-arg]
+            for extra in self._extra:
+                logits = extra.apply(logits)
+            return logits
+        logits = self._impl.apply(logits, ctx)  # type: ignore[call-arg]
+        for extra in self._extra:
+            logits = extra.apply(logits, ctx)
+        return logits

@@ -741,11 +741,27 @@ class ThinkingControl:
             temperature = None
             if not (self.temperature_np[slots_np[pick_sampled]] == 1.0).all():
                 temperature = xp.to_torch(f[:, F_TEMPERATURE])
-            p_end = end_token_probability(
-                xp.to_torch(scores[row_index[sel]]), xp.to_torch(end0[sel]), temperature, top_k, top_p, min_p
-            )
             u = counter_uniform(xp.view(self.cfg_i)[sel_slots, C_SEED], out_len[sel])
-            decided[sel] = u < (p_end.numpy() if xp is _NumpyOps else p_end)
+            rows = xp.to_torch(scores[row_index[sel]])
+            ends = xp.to_torch(end0[sel])
+            if xp is _NumpyOps and top_k is None:
+                # Exact shortcut on the CPU: p(end) <= exp((z_end - z_max) / T), so a draw above that bound is
+                # "no end" without the exp-sum over the vocabulary (most rows, most steps).
+                scale = f[:, F_TEMPERATURE] if temperature is not None else 1.0
+                z_end = scores[row_index[sel], end0[sel]]
+                bound = np.exp((z_end - rows.amax(dim=-1).numpy()) / scale) * (1 + 1e-5)
+                need = np.flatnonzero(u < bound)
+                result = np.zeros(u.shape, dtype=bool)
+                if need.size:
+                    sub = torch.from_numpy(need)
+                    p_end = end_token_probability(
+                        rows[sub], ends[sub], None if temperature is None else temperature[sub]
+                    )
+                    result[need] = u[need] < p_end.numpy()
+                decided[sel] = result
+            else:
+                p_end = end_token_probability(rows, ends, temperature, top_k, top_p, min_p)
+                decided[sel] = u < (p_end.numpy() if xp is _NumpyOps else p_end)
         return decided & window
 
     # -- inspection (tests, reports) -------------------------------------------------------------------------
