@@ -92,21 +92,24 @@ def demo_thinking(args: argparse.Namespace, workdir: Path) -> None:
     )
     # The random tiny model rarely ends thinking by itself; a logit bias on the end token makes it try to.
     end_ids = tokenizer.encode("</think>", add_special_tokens=False)
-    bias = {end_ids[0]: 2.0} if len(end_ids) == 1 and not args.model else None
+    bias = {end_ids[0]: 3.0} if len(end_ids) == 1 and not args.model else None
     rows = [
-        ("no control", None),
-        ("max 24", ThinkingConfig(tts_max_think=24, tts_answer_prefix="\nFinal Answer:")),
-        ("min 48", ThinkingConfig(tts_min_think=48)),
+        ("no control", "-", None),
+        ("max", "= 24", ThinkingConfig(tts_max_think=24, tts_answer_prefix="\nFinal Answer:")),
+        ("min", ">= 48", ThinkingConfig(tts_min_think=48)),
         (
-            "min 32 / max 40",
+            "min + max",
+            "32..40",
             ThinkingConfig(tts_min_think=32, tts_max_think=40, tts_answer_prefix="\nFinal Answer:"),
         ),
-        ("TS bias +2", ThinkingConfig(tts_end_bias=2.0)),
-        ("TS temperature 0.5", ThinkingConfig(tts_end_temperature=0.5)),
+        ("TS bias +2", "shorter", ThinkingConfig(tts_end_bias=2.0)),
+        ("TS bias -2", "longer", ThinkingConfig(tts_end_bias=-2.0)),
+        ("TS temperature 0.5", "z / T", ThinkingConfig(tts_end_temperature=0.5)),
     ]
-    print(f"{'request':<20}{'thinking tokens (mean, n=8)':>30}{'waits':>8}{'ends (natural/budget/open)':>30}")
-    for label, config in rows:
-        params = SamplingParams(n=8, seed=args.seed, temperature=1.0, max_tokens=96, logit_bias=bias)
+    print("8 sampled completions per request (temperature 1, 128 tokens); thinking tokens: mean [min, max]")
+    print(f"{'request':<20}{'requested':>10}{'realised':>20}{'waits':>8}{'natural/budget/open':>22}")
+    for label, requested, config in rows:
+        params = SamplingParams(n=8, seed=args.seed, temperature=1.0, max_tokens=128, logit_bias=bias)
         if config is not None:
             params.extra_args = config.to_extra_args()
         try:
@@ -115,22 +118,14 @@ def demo_thinking(args: argparse.Namespace, workdir: Path) -> None:
             print(f"{label:<20} rejected: {exc}")
             continue
         reports = thinking_report(out, config or ThinkingConfig(), llm)
-        mean = sum(r.thinking_tokens for r in reports) / len(reports)
+        lengths = [r.thinking_tokens for r in reports]
+        realised = f"{sum(lengths) / len(lengths):.1f} [{min(lengths)}, {max(lengths)}]"
         waits = sum(r.waits for r in reports) / len(reports)
         ends = "/".join(str(sum(r.end == e for r in reports)) for e in ("natural", "budget", "open"))
-        print(f"{label:<20}{mean:>30.1f}{waits:>8.1f}{ends:>30}")
-    example = (
-        llm.generate(
-            [prompt],
-            ThinkingConfig(tts_max_think=12, tts_answer_prefix="\nFinal Answer:").sampling_params(
-                max_tokens=24, temperature=0
-            ),
-            use_tqdm=False,
-        )[0]
-        .outputs[0]
-        .text
-    )
-    print(f"max 12, greedy: {example!r}")
+        print(f"{label:<20}{requested:>10}{realised:>20}{waits:>8.1f}{ends:>22}")
+    greedy = ThinkingConfig(tts_max_think=12, tts_answer_prefix="\nFinal Answer:")
+    (example,) = llm.generate([prompt], greedy.sampling_params(max_tokens=24, temperature=0), use_tqdm=False)
+    print(f"greedy, tts_max_think=12: {example.outputs[0].text!r}")
 
 
 def demo_diffusion(args: argparse.Namespace, workdir: Path) -> None:
