@@ -158,10 +158,8 @@ class ThinkingComponent(SlotComponent):
         width = self.control.required_start_width(specs)
         opens, tails, seeds = [], [], []
         for spec, prompt in zip(specs, prompts, strict=True):
+            # Prompt embeddings (no token ids): nothing to scan, so thinking starts at the start delimiter.
             tokens = prompt if prompt is not None else torch.empty(0, dtype=torch.long)
-            if prompt is None and spec.start_ids:
-                # Prompt embeddings: the prompt cannot be scanned; thinking starts at the start delimiter.
-                tokens = torch.empty(0, dtype=torch.long)
             is_open, tail = scan_prompt(tokens, spec.start_ids, spec.end_ids, width)
             opens.append(is_open.to(self.control.device))
             tails.append(tail.to(self.control.device))
