@@ -315,16 +315,10 @@ class V2Driver:
 
 
 def spec_of(params, vocab: TokenizerVocab) -> ThinkingSpec | None:
+    """The resolved spec of a request (None when it carries no thinking control)."""
     from vllm_ttsplugin.components import ThinkingComponent
 
-    spec = ThinkingComponent.parse(params, vocab)
-    if spec is None:
-        return None
-    return spec
-
-
-def request_seed(spec: ThinkingSpec, params) -> int:
-    return int(params.seed) if getattr(params, "seed", None) is not None else 0
+    return ThinkingComponent.parse(params, vocab)
 
 
 __all__ = [
