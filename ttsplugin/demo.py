@@ -109,6 +109,66 @@ def demo_first_finish(llm, prompts: list[str], args: argparse.Namespace, n: int 
     )
 
 
+def demo_thinking(args: argparse.Namespace, workdir: Path) -> None:
+    """Budget forcing and TS in a real vLLM engine: requested vs realised thinking lengths."""
+    _header("vLLM thinking control (budget forcing, end-of-think scaling)")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    model = args.model or str(ensure_tiny_model(workdir, args.seed))
+
+    from vllm import LLM, SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    from vllm_ttsplugin import ThinkingConfig, thinking_report
+    from vllm_ttsplugin.testing import small_engine_kwargs
+
+    llm = LLM(
+        model,
+        seed=args.seed,
+        logits_processors=["vllm_ttsplugin:TTSLogitsProcessor"],
+        **small_engine_kwargs(max_model_len=args.max_model_len),
+    )
+    tokenizer = llm.get_tokenizer()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 17 + 25?"}], tokenize=False, add_generation_prompt=True
+    )
+    # The random tiny model rarely ends thinking by itself; a logit bias on the end token makes it try to.
+    end_ids = tokenizer.encode("</think>", add_special_tokens=False)
+    bias = {end_ids[0]: 3.0} if len(end_ids) == 1 and not args.model else None
+    rows = [
+        ("no control", "-", None),
+        ("max", "= 24", ThinkingConfig(tts_max_think=24, tts_answer_prefix="\nFinal Answer:")),
+        ("min", ">= 48", ThinkingConfig(tts_min_think=48)),
+        (
+            "min + max",
+            "32..40",
+            ThinkingConfig(tts_min_think=32, tts_max_think=40, tts_answer_prefix="\nFinal Answer:"),
+        ),
+        ("TS bias +2", "shorter", ThinkingConfig(tts_end_bias=2.0)),
+        ("TS bias -2", "longer", ThinkingConfig(tts_end_bias=-2.0)),
+        ("TS temperature 0.5", "z / T", ThinkingConfig(tts_end_temperature=0.5)),
+    ]
+    print("8 sampled completions per request (temperature 1, 128 tokens); thinking tokens: mean [min, max]")
+    print(f"{'request':<20}{'requested':>10}{'realised':>20}{'waits':>8}{'natural/budget/open':>22}")
+    for label, requested, config in rows:
+        params = SamplingParams(n=8, seed=args.seed, temperature=1.0, max_tokens=128, logit_bias=bias)
+        if config is not None:
+            params.extra_args = config.to_extra_args()
+        try:
+            (out,) = llm.generate([prompt], params, use_tqdm=False)
+        except (ValueError, VLLMValidationError) as exc:  # e.g. --model without a detectable </think>
+            print(f"{label:<20} rejected: {exc}")
+            continue
+        reports = thinking_report(out, config or ThinkingConfig(), llm)
+        lengths = [r.thinking_tokens for r in reports]
+        realised = f"{sum(lengths) / len(lengths):.1f} [{min(lengths)}, {max(lengths)}]"
+        waits = sum(r.waits for r in reports) / len(reports)
+        ends = "/".join(str(sum(r.end == e for r in reports)) for e in ("natural", "budget", "open"))
+        print(f"{label:<20}{requested:>10}{realised:>20}{waits:>8.1f}{ends:>22}")
+    greedy = ThinkingConfig(tts_max_think=12, tts_answer_prefix="\nFinal Answer:")
+    (example,) = llm.generate([prompt], greedy.sampling_params(max_tokens=24, temperature=0), use_tqdm=False)
+    print(f"greedy, tts_max_think=12: {example.outputs[0].text!r}")
+
+
 def demo_diffusion(args: argparse.Namespace, workdir: Path) -> None:
     _header("diffusers")
     import torch
@@ -155,6 +215,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"ttsplugin demo (workdir {workdir})")
     if not args.skip_llm:
         demo_llm(args, workdir)
+        demo_thinking(args, workdir)
     if not args.skip_diffusion:
         demo_diffusion(args, workdir)
     if not args.skip_diffusion and not getattr(args, "skip_search", False):

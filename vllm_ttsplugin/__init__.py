@@ -1,19 +1,29 @@
-"""vllm_ttsplugin: test-time scaling for vLLM.
+"""ttsplugin's LLM side: thinking control (s1 budget forcing, temperature-scaled end-of-think) for vLLM and
+transformers, and First Finish Search.
 
-The public names load lazily, so ``import vllm_ttsplugin`` (and ``vllm_ttsplugin.testing``) does not import vLLM.
+Imports are lazy, so `import vllm_ttsplugin` (and `vllm_ttsplugin.testing`) needs neither vLLM nor transformers;
+`vllm_ttsplugin:TTSLogitsProcessor` resolves through the module `__getattr__` (vLLM's loader does
+`getattr(module, "TTSLogitsProcessor")`).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # public name -> defining module
 _LAZY = {
-    # First Finish Search, in-engine (logits processor) and output helpers
+    # Thinking control: one logits processor for every control, its config and the per-completion report
+    "TTSLogitsProcessor": "vllm_ttsplugin.processor",
+    "ThinkingConfig": "vllm_ttsplugin.config",
+    "ThinkingConfigError": "vllm_ttsplugin.config",
+    "ThinkingReport": "vllm_ttsplugin.report",
+    "thinking_report": "vllm_ttsplugin.report",
+    # transformers generate()
+    "ThinkingLogitsProcessor": "vllm_ttsplugin.hf",
+    "ThinkingStoppingCriteria": "vllm_ttsplugin.hf",
+    # First Finish Search, in-engine output helpers
     "FFS_STOP_REASON": "vllm_ttsplugin.ffs",
-    "FirstFinishLogitsProcessor": "vllm_ttsplugin.ffs",
-    "FirstFinishLogitsProcessorV2": "vllm_ttsplugin.ffs",
     "first_finish_winners": "vllm_ttsplugin.ffs",
     "is_first_finish_stopped": "vllm_ttsplugin.ffs",
     # First Finish Search over the engine (offline / async), FFS-k@N voting
@@ -31,6 +41,22 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from vllm_ttsplugin.answers import extract_answer, extract_boxed, extract_final_answer, majority_vote
+    from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError
+    from vllm_ttsplugin.ffs import FFS_STOP_REASON, first_finish_winners, is_first_finish_stopped
+    from vllm_ttsplugin.hf import ThinkingLogitsProcessor, ThinkingStoppingCriteria
+    from vllm_ttsplugin.processor import TTSLogitsProcessor
+    from vllm_ttsplugin.report import ThinkingReport, thinking_report
+    from vllm_ttsplugin.search import (
+        FirstFinishResult,
+        VoteResult,
+        first_finish,
+        first_finish_async,
+        first_finish_vote,
+        majority_vote_all,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,174 @@
+"""The OpenAI-compatible server with `--logits-processors vllm_ttsplugin:TTSLogitsProcessor` on loopback.
+
+One server process (multiprocess engine core, as deployed): `vllm_xargs` on /v1/completions and
+/v1/chat/completions, HTTP 400 naming the parameter for invalid values (validated in the API-server process
+against the model's tokenizer), and the server keeps serving afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from vllm_ttsplugin.testing import load_tiny_model_info
+
+pytestmark = [pytest.mark.server, pytest.mark.vllm]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    port = _free_port()
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--logits-processors",
+        "vllm_ttsplugin:TTSLogitsProcessor",
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--kv-cache-memory-bytes",
+        str(128 * 2**20),
+        "--seed",
+        "0",
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def info(tiny_model_dir):
+    return load_tiny_model_info(tiny_model_dir)
+
+
+def _post(server, path, body):
+    return requests.post(f"{server}{path}", json=body, timeout=120)
+
+
+def test_completions_with_vllm_xargs(server, info, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2 + 2?"}], tokenize=False, add_generation_prompt=True
+    )
+    prefix = tokenizer.encode("\nFinal Answer:", add_special_tokens=False)
+    body = {
+        "model": str(tiny_model_dir),
+        "prompt": prompt,
+        "max_tokens": 20,
+        "temperature": 0,
+        "return_token_ids": True,
+        "vllm_xargs": {"tts_max_think": 5, "tts_answer_prefix": "\nFinal Answer:"},
+    }
+    r = _post(server, "/v1/completions", body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["token_ids"][5:6] == info.think_end_ids
+    assert choice["token_ids"][6 : 6 + len(prefix)] == prefix
+    assert "</think>\nFinal Answer:" in choice["text"]
+
+
+def test_chat_completions_with_vllm_xargs(server, info, tiny_model_dir):
+    from vllm_ttsplugin import ThinkingConfig
+    from vllm_ttsplugin.report import report_tokens
+    from vllm_ttsplugin.vocab import TokenizerVocab
+
+    end = info.think_end_ids[0]
+    xargs = {"tts_min_think": 16, "tts_max_think": 24}
+    body = {
+        "model": str(tiny_model_dir),
+        "messages": [{"role": "user", "content": "Is 17 a prime number?"}],
+        "max_tokens": 32,
+        "temperature": 1.0,
+        "seed": 4,
+        "n": 2,
+        "logit_bias": {str(end): 6.0},  # the model tries to end often
+        "return_token_ids": True,
+        "vllm_xargs": xargs,
+    }
+    r = _post(server, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    from transformers import AutoTokenizer
+
+    vocab = TokenizerVocab(AutoTokenizer.from_pretrained(tiny_model_dir))
+    reports = [
+        report_tokens(choice["token_ids"], data["prompt_token_ids"], ThinkingConfig(**xargs), vocab)
+        for choice in data["choices"]
+    ]
+    assert len(reports) == 2 and all(16 <= r.thinking_tokens <= 24 for r in reports)
+    assert sum(r.waits for r in reports) >= 1
+
+
+@pytest.mark.parametrize(
+    "xargs,name",
+    [
+        ({"tts_max_think": -3}, "tts_max_think"),
+        ({"tts_min_think": 9, "tts_max_think": 4}, "tts_min_think"),
+        ({"tts_bogus": 1}, "tts_bogus"),
+        ({"tts_wait": ""}, "tts_wait"),
+        ({"tts_end_temperature": 0}, "tts_end_temperature"),
+        ({"tts_max_think": "ten"}, "tts_max_think"),
+        ({"tts_max_think": 5, "tts_think_end": "<|im_end|>"}, "tts_think_end"),  # needs the tokenizer
+    ],
+)
+def test_invalid_values_get_400_naming_the_parameter(server, tiny_model_dir, xargs, name):
+    for path, body in (
+        ("/v1/completions", {"prompt": "Let me think"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ):
+        r = _post(server, path, {"model": str(tiny_model_dir), "max_tokens": 4, "vllm_xargs": xargs, **body})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert name in error["message"] and error.get("param") == name
+    # The server keeps serving.
+    ok = _post(
+        server, "/v1/completions", {"model": str(tiny_model_dir), "prompt": "Let me think", "max_tokens": 3}
+    )
+    assert ok.status_code == 200 and ok.json()["choices"][0]["text"]
