@@ -5,7 +5,7 @@ Same prompts, same seeds (sample i of every method uses seed + i), one engine, a
 - ``all n``: ``LLM.generate(prompts, SamplingParams(n=n))``, every sample runs to its end (what majority voting
   over n needs);
 - ``FFS in-engine``: the same call with ``extra_args={"tts_first_finish": k}`` through
-  `FirstFinishLogitsProcessor` (siblings stopped inside the engine);
+  `TTSLogitsProcessor` with `tts_first_finish` (siblings stopped inside the engine);
 - ``FFS engine-level``: `vllm_ttsplugin.first_finish` (separate requests, losers aborted between steps).
 
 Wall time covers the whole call (all prompts answered); each cell is the median of ``--repeats`` runs after one
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from vllm import LLM, SamplingParams
 
-    from vllm_ttsplugin import first_finish
-    from vllm_ttsplugin.ffs import FirstFinishLogitsProcessor
+    from vllm_ttsplugin import TTSLogitsProcessor, first_finish
     from vllm_ttsplugin.testing import build_tiny_reasoning_model, small_engine_kwargs
 
     model = args.model
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     llm = LLM(
         model,
         seed=args.seed,
-        logits_processors=[FirstFinishLogitsProcessor],
+        logits_processors=[TTSLogitsProcessor],
         **small_engine_kwargs(max_model_len=args.max_tokens + 128, kv_cache_mib=1024),
     )
     tokenizer = llm.get_tokenizer()

@@ -12,9 +12,9 @@ import gc
 import pytest
 from ffs_helpers import expected_first_finish
 
+from vllm_ttsplugin import TTSLogitsProcessor
 from vllm_ttsplugin.ffs import (
     FFS_STOP_REASON,
-    FirstFinishLogitsProcessor,
     FirstFinishParamsError,
     find_marker_token,
     first_finish_winners,
@@ -35,7 +35,7 @@ def ffs_llm(tiny_model_dir):
     llm = LLM(
         str(tiny_model_dir),
         seed=0,
-        logits_processors=[FirstFinishLogitsProcessor],
+        logits_processors=[TTSLogitsProcessor],
         **small_engine_kwargs(max_model_len=512),
     )
     yield llm

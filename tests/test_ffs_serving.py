@@ -108,7 +108,7 @@ def ffs_server(tiny_model_dir, tmp_path_factory):
         "--port",
         str(port),
         "--logits-processors",
-        "vllm_ttsplugin.ffs:FirstFinishLogitsProcessor",
+        "vllm_ttsplugin:TTSLogitsProcessor",
         "--enforce-eager",
         "--kv-cache-memory-bytes",
         str(256 * 2**20),

@@ -368,7 +368,7 @@ def test_v2_apply_is_a_no_op_without_members_in_the_batch():
     assert ffs.apply(logits.clone(), ctx).equal(logits)
 
 
-def test_both_runners_load_their_class_by_name_and_validate_through_it():
+def test_both_runners_load_the_tts_processor_by_name_and_validate_ffs_through_it():
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import (
         _load_logitsprocs_by_fqcns,
@@ -379,16 +379,12 @@ def test_both_runners_load_their_class_by_name_and_validate_through_it():
         build_custom_logits_processors_params_validator,
     )
 
-    from vllm_ttsplugin.ffs import FirstFinishLogitsProcessor, FirstFinishLogitsProcessorV2
+    from vllm_ttsplugin import TTSLogitsProcessor
 
-    v1, v2 = (
-        "vllm_ttsplugin.ffs:FirstFinishLogitsProcessor",
-        "vllm_ttsplugin.ffs:FirstFinishLogitsProcessorV2",
-    )
-    assert _load_logitsprocs_by_fqcns([v1]) == [FirstFinishLogitsProcessor]
-    assert _load_v2_logitsprocs_by_fqcns([v2]) == [FirstFinishLogitsProcessorV2]
-    with pytest.raises(ValueError, match="not a subclass"):
-        _load_v2_logitsprocs_by_fqcns([v1])  # each runner refuses the other interface
+    # One class serves both runners (it implements both interfaces); FFS is composed into it.
+    v1 = v2 = "vllm_ttsplugin:TTSLogitsProcessor"
+    assert _load_logitsprocs_by_fqcns([v1]) == [TTSLogitsProcessor]
+    assert _load_v2_logitsprocs_by_fqcns([v2]) == [TTSLogitsProcessor]
     for validate in (
         lambda p: validate_logits_processors_parameters([v1], p),
         build_custom_logits_processors_params_validator([v2]),

@@ -40,7 +40,28 @@ _LAZY = {
     "majority_vote": "vllm_ttsplugin.answers",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "FFS_STOP_REASON",
+    "FirstFinishResult",
+    "TTSLogitsProcessor",
+    "ThinkingConfig",
+    "ThinkingConfigError",
+    "ThinkingLogitsProcessor",
+    "ThinkingReport",
+    "ThinkingStoppingCriteria",
+    "VoteResult",
+    "extract_answer",
+    "extract_boxed",
+    "extract_final_answer",
+    "first_finish",
+    "first_finish_async",
+    "first_finish_vote",
+    "first_finish_winners",
+    "is_first_finish_stopped",
+    "majority_vote",
+    "majority_vote_all",
+    "thinking_report",
+]
 
 if TYPE_CHECKING:
     from vllm_ttsplugin.answers import extract_answer, extract_boxed, extract_final_answer, majority_vote

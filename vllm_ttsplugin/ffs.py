@@ -40,10 +40,9 @@ What this module relies on in vLLM (0.32; read in its source, checked in tests/t
    later, EOS is forced. Members never sample the marker token naturally (it is masked for them). Where the
    tokenizer has no such single token (or ``detokenize=False``), EOS is forced directly and losers are not marked.
 
-Priority when combined with thinking control in one processor: FFS's stop is applied last, so it overrides forced
-sequences, budgets and TS. `FirstFinishV1` / `FirstFinishV2` are components with the processor hooks so that they
-can be composed into such a processor; `FirstFinishLogitsProcessor` / `FirstFinishLogitsProcessorV2` are standalone
-processors around them (temporary: they will be folded into ``vllm_ttsplugin:TTSLogitsProcessor``).
+Serving: `FirstFinishV1` / `FirstFinishV2` are components with the runner's processor hooks, composed into
+``vllm_ttsplugin:TTSLogitsProcessor`` (its `runner_components`) next to thinking control. FFS's stop is applied
+last, so it overrides forced sequences, budgets and TS.
 """
 
 from __future__ import annotations
@@ -61,8 +60,6 @@ import numpy as np
 import torch
 from vllm.exceptions import VLLMValidationError
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
-from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
-from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as V2LogitsProcessor
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -85,8 +82,6 @@ __all__ = [
     "FIRST_FINISH_KEY",
     "GROUP_KEY",
     "FirstFinishCore",
-    "FirstFinishLogitsProcessor",
-    "FirstFinishLogitsProcessorV2",
     "FirstFinishParamsError",
     "FirstFinishRequest",
     "FirstFinishV1",
@@ -627,35 +622,6 @@ def _last_real_token(tokens: list[int]) -> int | None:
     return None
 
 
-class FirstFinishLogitsProcessor(V1LogitsProcessor):
-    """First Finish Search as a standalone V1-runner logits processor.
-
-    TEMPORARY: FFS will be served by the single ``vllm_ttsplugin:TTSLogitsProcessor`` (with thinking control);
-    this class exists so FFS can run on its own meanwhile. Load it with
-    ``--logits-processors vllm_ttsplugin.ffs:FirstFinishLogitsProcessor`` or ``LLM(...,
-    logits_processors=[FirstFinishLogitsProcessor])``. It rejects nothing but bad FFS arguments, and leaves
-    requests without ``tts_*`` keys untouched. Like every custom V1 processor, it cannot be combined with
-    speculative decoding (vLLM refuses to start).
-    """
-
-    @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
-        validate_first_finish_params(sampling_params)
-
-    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool):
-        self.ffs = FirstFinishV1(vllm_config, device, is_pin_memory)
-
-    def is_argmax_invariant(self) -> bool:
-        """Forcing a stop token changes greedy decoding too."""
-        return False
-
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        self.ffs.update_state(batch_update)
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.ffs.apply(logits)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # V2 runner adapter (persistent slots: add_request + apply_staged_writes + apply(logits, ctx))
 # ----------------------------------------------------------------------------------------------------------------
@@ -824,29 +790,6 @@ class FirstFinishV2:
     def _index(self, values) -> torch.Tensor:
         host = torch.as_tensor(np.asarray(values, dtype=np.int64))
         return host if self.device.type == "cpu" else host.to(self.device, non_blocking=True)
-
-
-class FirstFinishLogitsProcessorV2(V2LogitsProcessor):
-    """First Finish Search as a standalone V2-runner logits processor (TEMPORARY, like the V1 class).
-
-    Runs after the built-in bias/penalty/bad-words/grammar stages; vLLM's own thinking-budget forcing runs after it.
-    """
-
-    @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
-        validate_first_finish_params(sampling_params)
-
-    def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState):
-        self.ffs = FirstFinishV2(vllm_config, req_states)
-
-    def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
-        return self.ffs.add_request(req_idx, sampling_params)
-
-    def apply_staged_writes(self) -> None:
-        self.ffs.apply_staged_writes()
-
-    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
-        return self.ffs.apply(logits, ctx)
 
 
 # ----------------------------------------------------------------------------------------------------------------

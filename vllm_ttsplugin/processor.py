@@ -37,6 +37,13 @@ from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 
 from vllm_ttsplugin.components import COMPONENTS, SlotComponent
 from vllm_ttsplugin.config import KEY_PREFIX, ThinkingConfigError
+from vllm_ttsplugin.ffs import (
+    FIRST_FINISH_KEY,
+    GROUP_KEY,
+    FirstFinishV1,
+    FirstFinishV2,
+    validate_first_finish_params,
+)
 from vllm_ttsplugin.vocab import TokenizerVocab, vocab_for
 
 try:  # vLLM >= 0.31
@@ -484,7 +491,12 @@ class TTSLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
     # Controls in application order (a later one wins on a row both touch): slot components share the
     # processor's slot bookkeeping; runner components bring their own and run last.
     components: tuple[type[SlotComponent], ...] = tuple(COMPONENTS)
-    runner_components: tuple[RunnerComponent, ...] = ()
+    # First Finish Search (`tts_first_finish`, `tts_group`) runs last: its stop wins over every thinking control.
+    runner_components: tuple[RunnerComponent, ...] = (
+        RunnerComponent(
+            (FIRST_FINISH_KEY, GROUP_KEY), validate_first_finish_params, v1=FirstFinishV1, v2=FirstFinishV2
+        ),
+    )
 
     def __init__(self, vllm_config: VllmConfig, *args: Any, **kwargs: Any) -> None:
         req_states = kwargs.get("req_states", args[0] if len(args) == 1 else None)
