@@ -36,14 +36,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_llm(tiny_model_dir):
-    """One in-process vLLM engine over the tiny model, shared by the tests that only generate."""
+    """An in-process vLLM engine over the tiny model, shared by a module's tests that only generate.
+
+    Module-scoped on purpose: deleting any in-process engine tears down vLLM's process-global parallel groups,
+    which breaks every other engine still alive in the process (so no engine may outlive its module)."""
     from vllm import LLM
 
     from vllm_ttsplugin.testing import small_engine_kwargs
 
-    llm = LLM(str(tiny_model_dir), seed=0, **small_engine_kwargs(max_model_len=1024))
+    # float32: the weights' own dtype (vLLM would pick bf16), so greedy outputs equal transformers' exactly.
+    llm = LLM(str(tiny_model_dir), seed=0, dtype="float32", **small_engine_kwargs(max_model_len=1024))
     yield llm
     del llm
     gc.collect()

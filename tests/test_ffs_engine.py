@@ -235,3 +235,42 @@ def test_bad_arguments_are_rejected_at_admission_and_the_engine_keeps_serving(ff
         PROMPTS[:1], sampling(ffs_llm, extra_args={"tts_first_finish": 1}), use_tqdm=False
     )
     assert_first_finish(output[0], reference[0], 1, marker)
+
+
+def test_first_finish_composes_with_budget_forcing_and_wins_over_forced_text(ffs_llm, marker):
+    """One request with both controls: thinking is capped (end delimiter + answer prefix forced at exactly
+    `tts_max_think`), and FFS stops the siblings one step after the first natural finish, even a sibling that is
+    due to emit its forced end delimiter / answer prefix then (FFS has the highest priority)."""
+    tok = ffs_llm.get_tokenizer()
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in PROMPTS
+    ]
+    budget = 2
+    think = {
+        "tts_max_think": budget,
+        "tts_answer_prefix": "\nFinal Answer: the answer is the sum of the numbers",
+    }
+    forced = tok.encode("</think>" + think["tts_answer_prefix"], add_special_tokens=False)
+    references = ffs_llm.generate(prompts, sampling(ffs_llm, extra_args=dict(think)), use_tqdm=False)
+    outputs = ffs_llm.generate(
+        prompts, sampling(ffs_llm, extra_args={**think, "tts_first_finish": 1}), use_tqdm=False
+    )
+    stopped_instead_of_forced_text = 0
+    for output, ref in zip(outputs, references, strict=True):
+        for (
+            c
+        ) in ref.outputs:  # budget forcing alone: `budget` thinking tokens, then exactly the forced tokens
+            ids = list(c.token_ids)
+            if len(ids) > budget:
+                assert ids[budget : budget + len(forced)] == forced[: len(ids) - budget]
+        assert_first_finish(output, ref, 1, marker)  # FFS on top changes nothing but the stop
+        _, stopped = expected_first_finish(ref, 1, marker)
+        for c in output.outputs:
+            if c.index in stopped and budget < len(c.token_ids) <= budget + len(forced):
+                stopped_instead_of_forced_text += (
+                    1  # its marker replaced a token the budget would have forced
+                )
+    # Seeds fixed: in the second prompt a sample ends (EOS) after 2 tokens, so the other 7 are stopped exactly
+    # where their end delimiter was due.
+    assert stopped_instead_of_forced_text == 7

@@ -125,12 +125,15 @@ def reference_decode(req: Req, spec: ThinkingSpec | None, vocab_size: int, seed:
 # -- drivers ------------------------------------------------------------------------------------------------------
 
 
-def fake_vllm_config(max_num_seqs: int, seed: int = 0) -> SimpleNamespace:
-    """The attributes of a VllmConfig that TTSLogitsProcessor reads (the tokenizer comes from `use_vocab`)."""
+def fake_vllm_config(max_num_seqs: int, seed: int = 0, vocab_size: int = 4096) -> SimpleNamespace:
+    """The attributes of a VllmConfig that TTSLogitsProcessor reads (the tokenizer comes from `use_vocab`); the
+    First Finish component it composes reads the vocabulary size and context length too."""
     return SimpleNamespace(
         speculative_config=None,
         scheduler_config=SimpleNamespace(max_num_seqs=max_num_seqs),
-        model_config=SimpleNamespace(seed=seed, tokenizer="tiny"),
+        model_config=SimpleNamespace(
+            seed=seed, tokenizer="tiny", max_model_len=4096, get_vocab_size=lambda: vocab_size
+        ),
     )
 
 

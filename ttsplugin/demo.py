@@ -38,18 +38,26 @@ def ensure_tiny_model(workdir: Path, seed: int = 0) -> Path:
 
 
 def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
+    """One vLLM engine with `TTSLogitsProcessor`: plain generation, thinking control, then First Finish Search."""
     _header("vLLM")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the demo prints its own account of each step
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the demo prints its own account of each step
     model = args.model or str(ensure_tiny_model(workdir, args.seed))
 
     from vllm import LLM, SamplingParams
 
+    from vllm_ttsplugin import TTSLogitsProcessor
     from vllm_ttsplugin.testing import small_engine_kwargs
 
     start = time.perf_counter()
-    llm = LLM(model, seed=args.seed, **small_engine_kwargs(max_model_len=args.max_model_len))
-    print(f"loaded {model} into vllm.LLM in {time.perf_counter() - start:.1f} s")
+    llm = LLM(
+        model,
+        seed=args.seed,
+        logits_processors=[TTSLogitsProcessor],
+        dtype="auto" if args.model else "float32",  # the tiny model's own dtype (vLLM would pick bf16)
+        **small_engine_kwargs(max_model_len=args.max_model_len),
+    )
+    print(f"loaded {model} into vllm.LLM with TTSLogitsProcessor in {time.perf_counter() - start:.1f} s")
     tokenizer = llm.get_tokenizer()
     questions = ["What is 2 + 2?", "A train travels 60 miles per hour for 2 hours. How far does it go?"]
     prompts = [
@@ -67,6 +75,7 @@ def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
         print(f"- {question!r}: {len(completion.token_ids)} tokens, finish={completion.finish_reason}")
         print(f"  {completion.text[:120]!r}")
     print(f"generated {sum(len(o.outputs[0].token_ids) for o in outputs)} tokens in {elapsed:.2f} s")
+    demo_thinking(llm, args)
     demo_first_finish(llm, prompts, args)
 
 
@@ -83,12 +92,17 @@ def demo_first_finish(llm, prompts: list[str], args: argparse.Namespace, n: int 
     if bias:
         print("tiny model: EOS logit +2.5 so that samples end at varied lengths")
 
-    def params(samples: int) -> SamplingParams:
-        return SamplingParams(n=samples, temperature=1.0, seed=args.seed, max_tokens=128, logit_bias=bias)
+    def params(samples: int, extra_args: dict | None = None) -> SamplingParams:
+        return SamplingParams(
+            n=samples, temperature=1.0, seed=args.seed, max_tokens=128, logit_bias=bias, extra_args=extra_args
+        )
 
     start = time.perf_counter()
     everything = llm.generate(prompts, params(n), use_tqdm=False)
     all_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    in_engine = llm.generate(prompts, params(n, {"tts_first_finish": 1}), use_tqdm=False)
+    in_engine_seconds = time.perf_counter() - start
     start = time.perf_counter()
     results = first_finish(llm, prompts, n=n, k=1, sampling_params=params(1))
     ffs_seconds = time.perf_counter() - start
@@ -101,32 +115,31 @@ def demo_first_finish(llm, prompts: list[str], args: argparse.Namespace, n: int 
             else "no natural end"
         )
         print(f"- {ended}; all {n} to completion: lengths {lengths[0]}..{lengths[-1]}")
-    ffs_tokens = sum(r.num_tokens for r in results)
     all_tokens = sum(len(c.token_ids) for o in everything for c in o.outputs)
-    print(
-        f"FFS: {ffs_tokens} tokens in {ffs_seconds:.2f} s; all {n}: {all_tokens} tokens in {all_seconds:.2f} s "
-        f"({all_tokens / max(ffs_tokens, 1):.1f}x fewer tokens, {all_seconds / max(ffs_seconds, 1e-9):.1f}x faster)"
-    )
+    rows = [
+        (
+            "in-engine (tts_first_finish=1)",
+            sum(len(c.token_ids) for o in in_engine for c in o.outputs),
+            in_engine_seconds,
+        ),
+        ("engine-level first_finish()", sum(r.num_tokens for r in results), ffs_seconds),
+    ]
+    print(f"all {n} to completion: {all_tokens} tokens in {all_seconds:.2f} s")
+    for label, tokens, seconds in rows:
+        print(
+            f"FFS {label}: {tokens} tokens in {seconds:.2f} s ({all_tokens / max(tokens, 1):.1f}x fewer tokens, "
+            f"{all_seconds / max(seconds, 1e-9):.1f}x faster)"
+        )
 
 
-def demo_thinking(args: argparse.Namespace, workdir: Path) -> None:
+def demo_thinking(llm, args: argparse.Namespace) -> None:
     """Budget forcing and TS in a real vLLM engine: requested vs realised thinking lengths."""
     _header("vLLM thinking control (budget forcing, end-of-think scaling)")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    model = args.model or str(ensure_tiny_model(workdir, args.seed))
-
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
 
     from vllm_ttsplugin import ThinkingConfig, thinking_report
-    from vllm_ttsplugin.testing import small_engine_kwargs
 
-    llm = LLM(
-        model,
-        seed=args.seed,
-        logits_processors=["vllm_ttsplugin:TTSLogitsProcessor"],
-        **small_engine_kwargs(max_model_len=args.max_model_len),
-    )
     tokenizer = llm.get_tokenizer()
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is 17 + 25?"}], tokenize=False, add_generation_prompt=True
@@ -215,7 +228,6 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"ttsplugin demo (workdir {workdir})")
     if not args.skip_llm:
         demo_llm(args, workdir)
-        demo_thinking(args, workdir)
     if not args.skip_diffusion:
         demo_diffusion(args, workdir)
     if not args.skip_diffusion and not getattr(args, "skip_search", False):
