@@ -29,6 +29,8 @@ before the scheduler sees them.)
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -37,7 +39,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .interpolants import (
@@ -58,6 +60,8 @@ __all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput", "SchedulerMixin"]
 SAMPLERS = ("sde", "ode")
 TIME_GRIDS = ("pipeline", "paper", "paper_code")
 FINAL_STEPS = ("auto", "integrate", "tweedie")
+
+logger = logging.get_logger(__name__)
 
 # FlowMatchEulerDiscreteScheduler's own config keys (diffusers 0.42); they define the "pipeline" grid.
 _EULER_KEYS = (
@@ -244,6 +248,39 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._generator: torch.Generator | list[torch.Generator] | None = None
         self._pred_original_sample: torch.Tensor | None = None
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs: bool = False, **kwargs):
+        """
+        Instantiates the scheduler from a config (e.g. `pipe.scheduler.config`) with keyword overrides, as
+        [`ConfigMixin.from_config`], except that an override which is not a config key is not silently dropped: one
+        that looks like a misspelt key (`diffusion_nrom`) raises, any other is named in a warning (loaders may pass
+        their own keywords through here).
+
+        Args:
+            config (`dict` or `FrozenDict`, *optional*):
+                The config to start from; keys this scheduler does not know are ignored (FlowMatchEuler's all known).
+            return_unused_kwargs (`bool`, defaults to `False`):
+                Also return the overrides that were not consumed.
+            kwargs:
+                Config overrides, e.g. `sampler="sde"`, `interpolant="vp"`, `diffusion_norm=3.0`.
+
+        Raises:
+            TypeError: an override that is a close misspelling of a config key.
+        """
+        scheduler, unused = super().from_config(config, return_unused_kwargs=True, **kwargs)
+        if unused:
+            keys = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+            for name in unused:
+                match = difflib.get_close_matches(name, keys, n=1, cutoff=0.75)
+                if match:
+                    raise TypeError(
+                        f"`{name}` is not a config key of {cls.__name__}; did you mean `{match[0]}`?"
+                    )
+            logger.warning(
+                f"{cls.__name__}.from_config ignored keyword arguments that are not config keys: {sorted(unused)}"
+            )
+        return (scheduler, unused) if return_unused_kwargs else scheduler
 
     # -- state ------------------------------------------------------------------------------------------------
     @property
