@@ -139,7 +139,11 @@ def test_bad_config_raises_a_value_error_naming_the_argument(kwargs, name):
 
 def test_from_config_refuses_misspelt_overrides_and_reports_the_rest():
     base = FlowMatchEulerDiscreteScheduler(shift=3.0).config
-    for typo, key in (("diffusion_nrom", "diffusion_norm"), ("samplr", "sampler"), ("vp_beta_mn", "vp_beta_min")):
+    for typo, key in (
+        ("diffusion_nrom", "diffusion_norm"),
+        ("samplr", "sampler"),
+        ("vp_beta_mn", "vp_beta_min"),
+    ):
         with pytest.raises(TypeError, match=f"`{typo}`.*`{key}`"):
             FlowSDEScheduler.from_config(base, **{typo: 1.0})
     # A keyword that resembles no key (a loader's own) is dropped as diffusers does, but named in a warning.
