@@ -71,6 +71,12 @@ def _add_search(subparsers) -> None:
     add_search_parser(subparsers)
 
 
+def _add_generate(subparsers) -> None:
+    from ttsplugin.generate_command import add_generate_parser
+
+    add_generate_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ttsplugin",
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ttsplugin {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(subparsers)
+    _add_generate(subparsers)
     _add_search(subparsers)
     return parser
 

@@ -1,0 +1,145 @@
+"""`ttsplugin generate`: flags -> per-request keys, validation before the engine starts, reports on a real engine."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+
+from ttsplugin.cli import build_parser, main
+from ttsplugin.generate_command import generate, request_extra_args
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["generate", *argv])
+
+
+def test_flags_map_onto_the_per_request_keys():
+    args = parse(
+        "--min-think", "8", "--max-think", "16", "--wait", r"\nHmm,", "--max-waits", "2",
+        "--answer-prefix", r"\nFinal Answer:", "--think-end", "</think>", "--end-bias", "-1.5",
+        "--n", "4", "--first-finish", "2",
+    )  # fmt: skip
+    assert request_extra_args(args) == {
+        "tts_min_think": 8,
+        "tts_max_think": 16,
+        "tts_wait": "\nHmm,",
+        "tts_max_waits": 2,
+        "tts_answer_prefix": "\nFinal Answer:",
+        "tts_think_end": "</think>",
+        "tts_end_bias": -1.5,
+        "tts_first_finish": 2,
+    }
+    assert request_extra_args(parse()) == {}  # no flags: an untouched request
+    assert request_extra_args(parse("--wait", r"a\\nb"))["tts_wait"] == "a\\nb"  # an escaped backslash stays
+
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--min-think", "-1"], "--min-think"),
+        (["--max-think", "0"], "--max-think"),
+        (["--min-think", "5", "--max-think", "3"], "--min-think"),
+        (["--wait", ""], "--wait"),
+        (["--max-waits", "-2"], "--max-waits"),
+        (["--end-temperature", "0"], "--end-temperature"),
+        (["--end-temperature", "nan"], "--end-temperature"),
+        (["--end-bias", "inf"], "--end-bias"),
+        (["--end-temperature", "1", "--end-bias", "1"], "--end-bias"),
+        (["--think-start", "<t>", "--think-end", "<t>"], "--think-end"),
+        (["--first-finish", "0", "--n", "4"], "--first-finish"),
+        (["--first-finish", "5", "--n", "4"], "--first-finish"),
+        (["--first-finish", "1"], "--first-finish"),
+    ],
+)
+def test_garbage_is_refused_naming_the_flag_before_any_engine_starts(argv, flag, capsys, monkeypatch):
+    import ttsplugin.demo
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be built for an invalid request")
+
+    monkeypatch.setattr(ttsplugin.demo, "ensure_tiny_model", no_model)
+    assert main(["generate", *argv]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {flag}: ")
+
+
+def test_unparsable_values_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--max-think", "many"])
+    assert exc.value.code == 2 and "--max-think" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tts_llm(tiny_model_dir):
+    from vllm import LLM
+
+    from vllm_ttsplugin import TTSLogitsProcessor
+    from vllm_ttsplugin.testing import small_engine_kwargs
+
+    llm = LLM(
+        str(tiny_model_dir),
+        seed=0,
+        dtype="float32",
+        logits_processors=[TTSLogitsProcessor],
+        **small_engine_kwargs(max_model_len=512),
+    )
+    yield llm
+    del llm
+    gc.collect()
+
+
+@pytest.mark.vllm
+def test_budgets_are_reported_exactly(tts_llm):
+    prefix = r"\nFinal Answer:"
+    args = parse("--max-think", "12", "--answer-prefix", prefix, "--max-tokens", "30", "--prompt", "2+2?")
+    (entry,) = generate(tts_llm, args)["prompts"]
+    (c,) = entry["completions"]
+    assert (c["thinking_tokens"], c["thinking_end"], c["waits"], c["tokens"]) == (12, "budget", 0, 30)
+    tokenizer = tts_llm.get_tokenizer()
+    forced = tokenizer.encode("</think>\nFinal Answer:", add_special_tokens=False)
+    ids = tokenizer.encode(c["text"], add_special_tokens=False)
+    assert c["answer_tokens"] == 30 - 12 - 1 and "</think>\nFinal Answer:" in c["text"]
+    assert len(forced) >= 2 and any(ids[i : i + len(forced)] == forced for i in range(len(ids)))
+
+    # min budget under sampling with the end token made likely: every sample thinks at least 20 tokens.
+    args = parse(
+        "--n",
+        "4",
+        "--temperature",
+        "1",
+        "--min-think",
+        "20",
+        "--logit-bias",
+        "</think>=4",
+        "--max-tokens",
+        "40",
+    )
+    (entry,) = generate(tts_llm, args)["prompts"]
+    assert all(c["thinking_tokens"] >= 20 or c["thinking_end"] == "open" for c in entry["completions"])
+    assert sum(c["waits"] for c in entry["completions"]) > 0
+
+
+@pytest.mark.vllm
+def test_first_finish_marks_winners_and_stopped_samples(tts_llm, capsys):
+    args = parse(
+        "--n", "6", "--temperature", "1", "--first-finish", "2", "--logit-bias", "<|im_end|>=3",
+        "--max-tokens", "80", "--seed", "1",
+    )  # fmt: skip
+    record = generate(tts_llm, args)
+    (entry,) = record["prompts"]
+    marks = [c["first_finish"] for c in entry["completions"]]
+    assert marks.count("winner") == 2
+    longest_winner = max(c["tokens"] for c in entry["completions"] if c["first_finish"] == "winner")
+    for c in entry["completions"]:
+        if c["first_finish"] != "winner":
+            assert c["tokens"] <= longest_winner + 1
+    assert record["total_tokens"] == sum(c["tokens"] for c in entry["completions"])
+    json.dumps(record)  # --json prints it as is
+
+
+@pytest.mark.vllm
+def test_logit_bias_flag_garbage(tts_llm):
+    for spec, message in (("abc", "TEXT=BIAS"), ("</think>=x", "number"), ("hello world=1", "not one")):
+        with pytest.raises(ValueError, match=message):
+            generate(tts_llm, parse("--logit-bias", spec, "--max-tokens", "2"))

@@ -1,0 +1,322 @@
+"""`ttsplugin generate`: one vLLM engine with `TTSLogitsProcessor`, every per-request knob as a flag.
+
+The flags map one to one onto the per-request keys (`--max-think` is `tts_max_think`, ...), so what works here
+works in `SamplingParams.extra_args` and in the server's `vllm_xargs`. Settings are checked before the engine
+starts (the ones that need no tokenizer) and again at admission (delimiters, wait text against the vocabulary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+# Flag (argparse dest) -> per-request key.
+THINKING_FLAGS = {
+    "min_think": "tts_min_think",
+    "max_think": "tts_max_think",
+    "wait": "tts_wait",
+    "max_waits": "tts_max_waits",
+    "answer_prefix": "tts_answer_prefix",
+    "think_start": "tts_think_start",
+    "think_end": "tts_think_end",
+    "end_temperature": "tts_end_temperature",
+    "end_bias": "tts_end_bias",
+}
+FIRST_FINISH_FLAGS = {"first_finish": "tts_first_finish"}
+FLAG_OF_KEY = {
+    key: "--" + dest.replace("_", "-") for dest, key in {**THINKING_FLAGS, **FIRST_FINISH_FLAGS}.items()
+}
+DEFAULT_PROMPT = "What is 17 + 25?"
+
+
+def add_generate_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate with a vLLM engine under budget forcing, end-of-think scaling and First Finish Search",
+        description=(
+            "Load a model into vllm.LLM with TTSLogitsProcessor and generate, with the thinking controls "
+            "(s1/m1 budget forcing, temperature-scaled end-of-think) and First Finish Search set per request from "
+            "the flags below (each flag is the per-request key of the same name, e.g. --max-think = tts_max_think). "
+            "Prints every completion with its thinking report (thinking tokens, waits injected, how thinking ended) "
+            "and, with --first-finish, which samples won. Without --model the tiny reasoning model is built locally "
+            "(random weights: the text is gibberish, the token accounting is real)."
+        ),
+    )
+    p.add_argument("--model", default=None, help="Hugging Face folder or hub id (default: the tiny model)")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help=f"a user message; repeat for several (default: {DEFAULT_PROMPT!r})",
+    )
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="send the prompts as they are instead of through the model's chat template",
+    )
+    sampling = p.add_argument_group("sampling (vLLM SamplingParams)")
+    sampling.add_argument("--n", type=int, default=1, help="samples per prompt (default: 1)")
+    sampling.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default: 0)"
+    )
+    sampling.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    sampling.add_argument("--top-k", type=int, default=0, help="top-k sampling; 0 = off (default: 0)")
+    sampling.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    sampling.add_argument("--max-tokens", type=int, default=256, help="tokens per completion (default: 256)")
+    sampling.add_argument(
+        "--logit-bias",
+        action="append",
+        default=None,
+        metavar="TEXT=BIAS",
+        help="add BIAS to the logit of TEXT's single token, e.g. '</think>=2'; repeatable",
+    )
+    thinking = p.add_argument_group(
+        "thinking control (budget forcing, end-of-think scaling)",
+        "text values (--wait, --answer-prefix, delimiters, --logit-bias TEXT) decode \\n and \\t",
+    )
+    thinking.add_argument(
+        "--min-think",
+        type=int,
+        default=None,
+        help="tts_min_think: minimum thinking tokens; an earlier attempt to end thinking becomes the --wait text",
+    )
+    thinking.add_argument(
+        "--max-think",
+        type=int,
+        default=None,
+        help="tts_max_think: at exactly this many thinking tokens the end delimiter (+ --answer-prefix) is forced",
+    )
+    thinking.add_argument(
+        "--wait", default=None, help="tts_wait: text injected on a suppressed end attempt (default: 'Wait')"
+    )
+    thinking.add_argument(
+        "--max-waits",
+        type=int,
+        default=None,
+        help="tts_max_waits: after this many injections the model may end thinking (default: unlimited)",
+    )
+    thinking.add_argument(
+        "--answer-prefix",
+        default=None,
+        help="tts_answer_prefix: text forced after a budget stop, e.g. '\\nFinal Answer:' (\\n and \\t are "
+        "decoded; default: none)",
+    )
+    thinking.add_argument(
+        "--think-start", default=None, help="tts_think_start: start delimiter (default: from the tokenizer)"
+    )
+    thinking.add_argument(
+        "--think-end", default=None, help="tts_think_end: end delimiter (default: from the tokenizer)"
+    )
+    thinking.add_argument(
+        "--end-temperature",
+        type=float,
+        default=None,
+        help="tts_end_temperature: TS, the end token's logit z becomes z / T while thinking",
+    )
+    thinking.add_argument(
+        "--end-bias",
+        type=float,
+        default=None,
+        help="tts_end_bias: TS, shift-invariant form, z becomes z + bias while thinking",
+    )
+    ffs = p.add_argument_group("First Finish Search")
+    ffs.add_argument(
+        "--first-finish",
+        type=int,
+        default=None,
+        metavar="K",
+        help="tts_first_finish: once K of the --n samples finish naturally, the others are stopped (needs --n > 1)",
+    )
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
+    engine.add_argument(
+        "--dtype", default=None, help="model dtype (default: float32 for the tiny model, else vLLM's auto)"
+    )
+    engine.add_argument(
+        "--workdir",
+        default=None,
+        help="where the tiny model is built (default: $TTSPLUGIN_CACHE or ~/.cache/ttsplugin)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.set_defaults(func=run_generate_command)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def _decode_escapes(text: str | None) -> str | None:
+    # Shells make a newline awkward to pass: "\n" and "\t" are decoded ("\\" is a backslash); nothing else is.
+    if text is None:
+        return None
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def request_extra_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-request `extra_args` the flags ask for, validated (no tokenizer needed).
+
+    Raises:
+        ValueError: naming the flag, for a setting no model could accept.
+    """
+    from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError
+
+    values = {key: getattr(args, dest) for dest, key in THINKING_FLAGS.items()}
+    for key in ("tts_wait", "tts_answer_prefix", "tts_think_start", "tts_think_end"):
+        values[key] = _decode_escapes(values[key])
+    values = {k: v for k, v in values.items() if v is not None}
+    try:
+        extra = ThinkingConfig(**values).to_extra_args()
+    except ThinkingConfigError as exc:
+        raise ValueError(f"{FLAG_OF_KEY.get(exc.parameter, exc.parameter)}: {exc}") from None
+    if args.first_finish is not None:
+        k = args.first_finish
+        if k < 1:
+            raise ValueError(f"--first-finish: must be >= 1, got {k}")
+        if args.n < 2 or k > args.n:
+            raise ValueError(f"--first-finish: needs --n > 1 and K <= n (got K={k}, n={args.n})")
+        extra["tts_first_finish"] = k
+    return extra
+
+
+def _logit_bias(tokenizer, specs: list[str] | None) -> dict[int, float] | None:
+    if not specs:
+        return None
+    bias: dict[int, float] = {}
+    for spec in specs:
+        text, sep, value = spec.rpartition("=")
+        if not sep or not text:
+            raise ValueError(f"--logit-bias: expected TEXT=BIAS, got {spec!r}")
+        try:
+            amount = float(value)
+        except ValueError:
+            raise ValueError(f"--logit-bias: BIAS must be a number, got {value!r}") from None
+        ids = tokenizer.encode(_decode_escapes(text), add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"--logit-bias: {text!r} is {len(ids)} tokens, not one")
+        bias[ids[0]] = amount
+    return bias
+
+
+def generate(llm, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the requests the flags describe on `llm` (an `LLM` with `TTSLogitsProcessor`); return the record."""
+    from vllm import SamplingParams
+
+    from vllm_ttsplugin import ThinkingConfig, first_finish_winners, is_first_finish_stopped, thinking_report
+
+    extra = request_extra_args(args)
+    tokenizer = llm.get_tokenizer()
+    questions = args.prompt or [DEFAULT_PROMPT]
+    if args.raw:
+        prompts = list(questions)
+    else:
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+            )
+            for q in questions
+        ]
+    params = SamplingParams(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+        logit_bias=_logit_bias(tokenizer, args.logit_bias),
+        extra_args=extra or None,
+    )
+    thinking = ThinkingConfig.from_extra_args(extra, known_keys=tuple(FIRST_FINISH_FLAGS.values()))
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    record: dict[str, Any] = {"extra_args": extra, "seconds": round(seconds, 3), "prompts": []}
+    for question, out in zip(questions, outputs, strict=True):
+        reports = thinking_report(out, thinking or ThinkingConfig(), tokenizer)
+        winners = (
+            {c.index for c in first_finish_winners(out, extra["tts_first_finish"])}
+            if args.first_finish
+            else ()
+        )
+        completions = []
+        for completion, report in zip(out.outputs, reports, strict=True):
+            entry = {
+                "index": completion.index,
+                "tokens": len(completion.token_ids),
+                "finish_reason": completion.finish_reason,
+                "thinking_tokens": report.thinking_tokens,
+                "answer_tokens": report.answer_tokens,
+                "waits": report.waits,
+                "thinking_end": report.end,
+                "text": completion.text,
+            }
+            if args.first_finish:
+                entry["first_finish"] = (
+                    "winner"
+                    if completion.index in winners
+                    else "stopped"
+                    if is_first_finish_stopped(completion)
+                    else "finished"
+                )
+            completions.append(entry)
+        record["prompts"].append({"prompt": question, "completions": completions})
+    record["total_tokens"] = sum(c["tokens"] for p in record["prompts"] for c in p["completions"])
+    return record
+
+
+def print_record(record: dict[str, Any]) -> None:
+    print(f"extra_args: {json.dumps(record['extra_args'])}")
+    for entry in record["prompts"]:
+        print(f"\n> {entry['prompt']}")
+        for c in entry["completions"]:
+            ffs = f", {c['first_finish']}" if "first_finish" in c else ""
+            print(
+                f"[{c['index']}] {c['tokens']} tokens ({c['finish_reason']}{ffs}); thinking {c['thinking_tokens']} "
+                f"tokens, {c['waits']} waits, end: {c['thinking_end']}; answer {c['answer_tokens']} tokens"
+            )
+            print(f"    {c['text']!r}")
+    print(f"\n{record['total_tokens']} tokens in {record['seconds']:.2f} s")
+
+
+def run_generate_command(args: argparse.Namespace) -> int:
+    try:
+        request_extra_args(args)  # fail before loading anything
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    from ttsplugin.demo import _workdir, ensure_tiny_model
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is the record (JSON with --json)
+        model = args.model or str(ensure_tiny_model(_workdir(args), seed=0))
+
+    from vllm import LLM
+    from vllm.exceptions import VLLMValidationError
+
+    from vllm_ttsplugin import TTSLogitsProcessor
+    from vllm_ttsplugin.testing import small_engine_kwargs
+
+    llm = LLM(
+        model,
+        seed=args.seed,
+        logits_processors=[TTSLogitsProcessor],
+        dtype=args.dtype or ("auto" if args.model else "float32"),
+        **small_engine_kwargs(max_model_len=args.max_model_len),
+    )
+    try:
+        record = generate(llm, args)
+    except (ValueError, VLLMValidationError) as exc:  # e.g. a delimiter this tokenizer lacks
+        parameter = getattr(exc, "parameter", None)
+        flag = FLAG_OF_KEY.get(parameter, parameter)
+        print(f"error: {flag + ': ' if flag else ''}{exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print_record(record)
+    return 0
