@@ -531,7 +531,6 @@ class InferenceScaler:
     def _search_code(self):
         plan, num_prompts = self.plan, len(self._prompts)
         chains, k_props = plan.num_chains, plan.num_proposals
-        groups = num_prompts * chains
         x, u, rewards = self._init_chains(chains, plan.init_particles)
         cand_prompt = torch.arange(num_prompts, device=self._device).repeat_interleave(chains * k_props)
         k = 0
@@ -543,19 +542,24 @@ class InferenceScaler:
                 cx = self._step(cx, cu, k + j)
                 cu = self._evaluate(cx, k + j + 1, cand_prompt)
             k += length
-            scores = self._score(self._tweedie(cx, cu, k), cand_prompt, f"step {k}")
-            rows, choice = self._pick(scores, groups, k_props)
-            x, u, rewards = cx[rows], cu[rows], scores[rows]
-            for g in range(groups):
-                self._record(
-                    prompt=g // chains,
-                    chain=g % chains,
-                    step=k,
-                    kind="select",
-                    rewards=scores[g * k_props : (g + 1) * k_props].tolist(),
-                    selected=[int(choice[g])],
-                )
+            x, u, rewards = self._keep_best(cx, cu, k, cand_prompt, chains, k_props)
         return self._finish(x, u, rewards, chains)
+
+    def _keep_best(self, cx, cu, step: int, cand_prompt, chains: int, k_props: int):
+        """Score K candidates per chain at grid `step` (Tweedie), keep each chain's best, record the selection."""
+        groups = cx.shape[0] // k_props
+        scores = self._score(self._tweedie(cx, cu, step), cand_prompt, f"step {step}")
+        rows, choice = self._pick(scores, groups, k_props)
+        for g in range(groups):
+            self._record(
+                prompt=g // chains,
+                chain=g % chains,
+                step=step,
+                kind="select",
+                rewards=scores[g * k_props : (g + 1) * k_props].tolist(),
+                selected=[int(choice[g])],
+            )
+        return cx[rows], cu[rows], scores[rows]
 
     def _search_sop(self):
         from ..interpolants import LinearInterpolant, renoise
@@ -581,18 +585,7 @@ class InferenceScaler:
                 cx = self._step(cx, self._evaluate(cx, k, cand_prompt), k)
             level += 1
             cu = self._evaluate(cx, level, cand_prompt)
-            scores = self._score(self._tweedie(cx, cu, level), cand_prompt, f"step {level}")
-            rows, choice = self._pick(scores, groups, k_props)
-            x, u, rewards = cx[rows], cu[rows], scores[rows]
-            for g in range(groups):
-                self._record(
-                    prompt=g // chains,
-                    chain=g % chains,
-                    step=level,
-                    kind="select",
-                    rewards=scores[g * k_props : (g + 1) * k_props].tolist(),
-                    selected=[int(choice[g])],
-                )
+            x, u, rewards = self._keep_best(cx, cu, level, cand_prompt, chains, k_props)
         return self._finish(x, u, rewards, chains)
 
     def _search_rbf(self):
