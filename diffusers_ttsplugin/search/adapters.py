@@ -282,6 +282,15 @@ class DiffusersFlowAdapter(FlowAdapter):
                 f"unexpected {type(self.pipe).__name__} option(s) {unknown}; accepted: {sorted(accepted)}"
             )
 
+    def _image_size(self, options: dict, multiple: int) -> tuple[int, int]:
+        """`height`/`width` from the call options (default: the pipeline's), checked against the latent grid."""
+        pipe = self.pipe
+        height = options.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
+        width = options.get("width") or pipe.default_sample_size * pipe.vae_scale_factor
+        if height % multiple or width % multiple:
+            raise ValueError(f"`height` and `width` must be divisible by {multiple}, got {height}x{width}")
+        return int(height), int(width)
+
     def scheduler_config(self) -> dict:
         return dict(self.pipe.scheduler.config)
 
@@ -327,12 +336,8 @@ class FluxAdapter(DiffusersFlowAdapter):
     def prepare(self, prompts, **options):
         self._split_options(options, self.accepted_options)
         pipe = self.pipe
-        height = options.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
-        width = options.get("width") or pipe.default_sample_size * pipe.vae_scale_factor
-        multiple = pipe.vae_scale_factor * 2
-        if height % multiple or width % multiple:
-            raise ValueError(f"`height` and `width` must be divisible by {multiple}, got {height}x{width}")
-        self.height, self.width = int(height), int(width)
+        multiple = pipe.vae_scale_factor * 2  # latents are packed in 2x2 patches
+        self.height, self.width = self._image_size(options, multiple)
         max_sequence_length = options.get(
             "max_sequence_length", _call_default(pipe, "max_sequence_length", 512)
         )
@@ -456,12 +461,7 @@ class SD3Adapter(DiffusersFlowAdapter):
     def prepare(self, prompts, **options):
         self._split_options(options, self.accepted_options)
         pipe = self.pipe
-        height = options.get("height") or pipe.default_sample_size * pipe.vae_scale_factor
-        width = options.get("width") or pipe.default_sample_size * pipe.vae_scale_factor
-        multiple = pipe.vae_scale_factor * pipe.patch_size
-        if height % multiple or width % multiple:
-            raise ValueError(f"`height` and `width` must be divisible by {multiple}, got {height}x{width}")
-        self.height, self.width = int(height), int(width)
+        self.height, self.width = self._image_size(options, pipe.vae_scale_factor * pipe.patch_size)
         self.guidance_scale = float(options.get("guidance_scale", _call_default(pipe, "guidance_scale", 7.0)))
         self.do_cfg = self.guidance_scale > 1
         self.passes_per_nfe = 2 if self.do_cfg else 1
