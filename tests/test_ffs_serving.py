@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -84,63 +79,9 @@ def test_async_api_aborts_the_losers_and_returns_the_in_engine_winners(tiny_mode
     asyncio.run(main())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ffs_server(tiny_model_dir, tmp_path_factory):
-    """The OpenAI-compatible server with the FFS processor, on loopback (one start for the module)."""
-    import requests
-
-    port = _free_port()
-    log = tmp_path_factory.mktemp("ffs-server") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(tiny_model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--logits-processors",
-        "vllm_ttsplugin:TTSLogitsProcessor",
-        "--enforce-eager",
-        "--kv-cache-memory-bytes",
-        str(256 * 2**20),
-        "--max-model-len",
-        "512",
-        "--seed",
-        "0",
-    ]
-    with open(log, "w") as sink:
-        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+@pytest.fixture
+def ffs_server(tts_server):
+    return tts_server
 
 
 @pytest.mark.server
