@@ -35,6 +35,22 @@ def test_flags_map_onto_the_per_request_keys():
     assert request_extra_args(parse("--wait", r"a\\nb"))["tts_wait"] == "a\\nb"  # an escaped backslash stays
 
 
+def test_engine_sizing_is_small_for_the_tiny_model_and_vllms_own_for_a_user_model():
+    from ttsplugin.demo import engine_kwargs
+
+    tiny = engine_kwargs(parse())
+    assert (
+        tiny["kv_cache_memory_bytes"] == 256 * 2**20
+        and tiny["enforce_eager"]
+        and tiny["max_model_len"] == 2048
+    )
+    assert engine_kwargs(parse("--model", "/m", "--max-model-len", "8192")) == {"max_model_len": 8192}
+    sized = engine_kwargs(parse("--model", "/m", "--kv-cache-mib", "512"))
+    assert sized == {"max_model_len": 2048, "kv_cache_memory_bytes": 512 * 2**20}
+    demo = build_parser().parse_args(["demo", "--model", "/m", "--kv-cache-mib", "64"])
+    assert engine_kwargs(demo)["kv_cache_memory_bytes"] == 64 * 2**20
+
+
 @pytest.mark.parametrize(
     "argv,flag",
     [

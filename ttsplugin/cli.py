@@ -52,6 +52,12 @@ def _add_demo(subparsers) -> None:
         help="vLLM context length for the demo engine (default: 2048)",
     )
     p.add_argument(
+        "--kv-cache-mib",
+        type=int,
+        default=None,
+        help="vLLM KV cache size in MiB (default: 256 for the tiny model, vLLM's own sizing for --model)",
+    )
+    p.add_argument(
         "--device",
         default="cpu",
         help="device for the diffusers pipeline, e.g. cpu or cuda (default: cpu)",

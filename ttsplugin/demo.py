@@ -37,6 +37,20 @@ def ensure_tiny_model(workdir: Path, seed: int = 0) -> Path:
     return path
 
 
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """`vllm.LLM` keyword arguments: small and eager for the tiny model; vLLM's own memory sizing for `--model`
+    (a fixed small KV cache would not hold `--max-model-len` tokens of a real model), unless `--kv-cache-mib`."""
+    from vllm_ttsplugin.testing import small_engine_kwargs
+
+    kv_cache_mib = getattr(args, "kv_cache_mib", None)
+    if not args.model:
+        return small_engine_kwargs(max_model_len=args.max_model_len, kv_cache_mib=kv_cache_mib or 256)
+    kwargs: dict = {"max_model_len": args.max_model_len}
+    if kv_cache_mib:
+        kwargs["kv_cache_memory_bytes"] = kv_cache_mib * 2**20
+    return kwargs
+
+
 def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
     """One vLLM engine with `TTSLogitsProcessor`: plain generation, thinking control, then First Finish Search."""
     _header("vLLM")
@@ -47,7 +61,6 @@ def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
     from vllm import LLM, SamplingParams
 
     from vllm_ttsplugin import TTSLogitsProcessor
-    from vllm_ttsplugin.testing import small_engine_kwargs
 
     start = time.perf_counter()
     llm = LLM(
@@ -55,7 +68,7 @@ def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
         seed=args.seed,
         logits_processors=[TTSLogitsProcessor],
         dtype="auto" if args.model else "float32",  # the tiny model's own dtype (vLLM would pick bf16)
-        **small_engine_kwargs(max_model_len=args.max_model_len),
+        **engine_kwargs(args),
     )
     print(f"loaded {model} into vllm.LLM with TTSLogitsProcessor in {time.perf_counter() - start:.1f} s")
     tokenizer = llm.get_tokenizer()

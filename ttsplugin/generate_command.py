@@ -136,6 +136,12 @@ def add_generate_parser(subparsers) -> None:
     engine = p.add_argument_group("engine")
     engine.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
     engine.add_argument(
+        "--kv-cache-mib",
+        type=int,
+        default=None,
+        help="KV cache size in MiB (default: 256 for the tiny model, vLLM's own sizing for --model)",
+    )
+    engine.add_argument(
         "--dtype", default=None, help="model dtype (default: float32 for the tiny model, else vLLM's auto)"
     )
     engine.add_argument(
@@ -290,7 +296,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
         return 2
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    from ttsplugin.demo import _workdir, ensure_tiny_model
+    from ttsplugin.demo import _workdir, engine_kwargs, ensure_tiny_model
 
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the record (JSON with --json)
         model = args.model or str(ensure_tiny_model(_workdir(args), seed=0))
@@ -299,14 +305,13 @@ def run_generate_command(args: argparse.Namespace) -> int:
     from vllm.exceptions import VLLMValidationError
 
     from vllm_ttsplugin import TTSLogitsProcessor
-    from vllm_ttsplugin.testing import small_engine_kwargs
 
     llm = LLM(
         model,
         seed=args.seed,
         logits_processors=[TTSLogitsProcessor],
         dtype=args.dtype or ("auto" if args.model else "float32"),
-        **small_engine_kwargs(max_model_len=args.max_model_len),
+        **engine_kwargs(args),
     )
     try:
         record = generate(llm, args)
