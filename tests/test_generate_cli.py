@@ -159,3 +159,31 @@ def test_logit_bias_flag_garbage(tts_llm):
     for spec, message in (("abc", "TEXT=BIAS"), ("</think>=x", "number"), ("hello world=1", "not one")):
         with pytest.raises(ValueError, match=message):
             generate(tts_llm, parse("--logit-bias", spec, "--max-tokens", "2"))
+
+
+@pytest.mark.vllm
+def test_the_command_end_to_end_prints_pure_json(tiny_model_dir, tmp_path):
+    """`ttsplugin generate --json` in its own process: the engine it builds, and stdout that is the record alone."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "tiny-reasoning-model-seed0").symlink_to(tiny_model_dir)  # what ensure_tiny_model would build
+    argv = ["generate", "--workdir", str(tmp_path), "--max-think", "5", "--max-tokens", "9", "--json"]
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    out = subprocess.run(
+        [sys.executable, "-m", "ttsplugin", *argv], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads(out.stdout)
+    (c,) = record["prompts"][0]["completions"]
+    assert record["extra_args"] == {"tts_max_think": 5}
+    assert (c["thinking_tokens"], c["thinking_end"], c["tokens"]) == (5, "budget", 9)
+    bad = subprocess.run(
+        [sys.executable, "-m", "ttsplugin", *argv, "--think-end", "</think>", "--think-start", "</think>"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert bad.returncode == 2 and "--think-end" in bad.stderr and bad.stdout == ""
