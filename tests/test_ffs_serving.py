@@ -79,13 +79,8 @@ def test_async_api_aborts_the_losers_and_returns_the_in_engine_winners(tiny_mode
     asyncio.run(main())
 
 
-@pytest.fixture
-def ffs_server(tts_server):
-    return tts_server
-
-
 @pytest.mark.server
-def test_server_first_finish_with_n4_and_vllm_xargs_and_bad_input_gets_400(ffs_server, tiny_model_dir):
+def test_server_first_finish_with_n4_and_vllm_xargs_and_bad_input_gets_400(tts_server, tiny_model_dir):
     import requests
     from transformers import AutoTokenizer
 
@@ -103,7 +98,7 @@ def test_server_first_finish_with_n4_and_vllm_xargs_and_bad_input_gets_400(ffs_s
     )
 
     def complete(**extra):
-        return requests.post(f"{ffs_server}/v1/completions", json={**body, **extra}, timeout=120)
+        return requests.post(f"{tts_server}/v1/completions", json={**body, **extra}, timeout=120)
 
     plain = complete()
     assert plain.status_code == 200, plain.text

@@ -15,11 +15,6 @@ from vllm_ttsplugin.testing import load_tiny_model_info
 pytestmark = [pytest.mark.server, pytest.mark.vllm]
 
 
-@pytest.fixture
-def server(tts_server):
-    return tts_server
-
-
 @pytest.fixture(scope="module")
 def info(tiny_model_dir):
     return load_tiny_model_info(tiny_model_dir)
@@ -29,7 +24,7 @@ def _post(server, path, body):
     return requests.post(f"{server}{path}", json=body, timeout=120)
 
 
-def test_completions_with_vllm_xargs(server, info, tiny_model_dir):
+def test_completions_with_vllm_xargs(tts_server, info, tiny_model_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -45,7 +40,7 @@ def test_completions_with_vllm_xargs(server, info, tiny_model_dir):
         "return_token_ids": True,
         "vllm_xargs": {"tts_max_think": 5, "tts_answer_prefix": "\nFinal Answer:"},
     }
-    r = _post(server, "/v1/completions", body)
+    r = _post(tts_server, "/v1/completions", body)
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert choice["token_ids"][5:6] == info.think_end_ids
@@ -53,7 +48,7 @@ def test_completions_with_vllm_xargs(server, info, tiny_model_dir):
     assert "</think>\nFinal Answer:" in choice["text"]
 
 
-def test_chat_completions_with_vllm_xargs(server, info, tiny_model_dir):
+def test_chat_completions_with_vllm_xargs(tts_server, info, tiny_model_dir):
     from vllm_ttsplugin import ThinkingConfig
     from vllm_ttsplugin.report import report_tokens
     from vllm_ttsplugin.vocab import TokenizerVocab
@@ -71,7 +66,7 @@ def test_chat_completions_with_vllm_xargs(server, info, tiny_model_dir):
         "return_token_ids": True,
         "vllm_xargs": xargs,
     }
-    r = _post(server, "/v1/chat/completions", body)
+    r = _post(tts_server, "/v1/chat/completions", body)
     assert r.status_code == 200, r.text
     data = r.json()
     from transformers import AutoTokenizer
@@ -97,17 +92,21 @@ def test_chat_completions_with_vllm_xargs(server, info, tiny_model_dir):
         ({"tts_max_think": 5, "tts_think_end": "<|im_end|>"}, "tts_think_end"),  # needs the tokenizer
     ],
 )
-def test_invalid_values_get_400_naming_the_parameter(server, tiny_model_dir, xargs, name):
+def test_invalid_values_get_400_naming_the_parameter(tts_server, tiny_model_dir, xargs, name):
     for path, body in (
         ("/v1/completions", {"prompt": "Let me think"}),
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
     ):
-        r = _post(server, path, {"model": str(tiny_model_dir), "max_tokens": 4, "vllm_xargs": xargs, **body})
+        r = _post(
+            tts_server, path, {"model": str(tiny_model_dir), "max_tokens": 4, "vllm_xargs": xargs, **body}
+        )
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert name in error["message"] and error.get("param") == name
     # The server keeps serving.
     ok = _post(
-        server, "/v1/completions", {"model": str(tiny_model_dir), "prompt": "Let me think", "max_tokens": 3}
+        tts_server,
+        "/v1/completions",
+        {"model": str(tiny_model_dir), "prompt": "Let me think", "max_tokens": 3},
     )
     assert ok.status_code == 200 and ok.json()["choices"][0]["text"]
