@@ -70,12 +70,12 @@ def test_engine_sizing_is_small_for_the_tiny_model_and_vllms_own_for_a_user_mode
     ],
 )
 def test_garbage_is_refused_naming_the_flag_before_any_engine_starts(argv, flag, capsys, monkeypatch):
-    import ttsplugin.demo
+    import ttsplugin.generate_command
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not be built for an invalid request")
 
-    monkeypatch.setattr(ttsplugin.demo, "ensure_tiny_model", no_model)
+    monkeypatch.setattr(ttsplugin.generate_command, "ensure_tiny_model", no_model)
     assert main(["generate", *argv]) == 2
     assert capsys.readouterr().err.startswith(f"error: {flag}: ")
 

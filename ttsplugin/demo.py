@@ -37,6 +37,13 @@ def ensure_tiny_model(workdir: Path, seed: int = 0) -> Path:
     return path
 
 
+def chat_prompt(tokenizer, question: str) -> str:
+    """`question` as one user turn through the model's chat template, ready for the assistant's reply."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+
+
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """`vllm.LLM` keyword arguments: small and eager for the tiny model; vLLM's own memory sizing for `--model`
     (a fixed small KV cache would not hold `--max-model-len` tokens of a real model), unless `--kv-cache-mib`."""
@@ -73,12 +80,7 @@ def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
     print(f"loaded {model} into vllm.LLM with TTSLogitsProcessor in {time.perf_counter() - start:.1f} s")
     tokenizer = llm.get_tokenizer()
     questions = ["What is 2 + 2?", "A train travels 60 miles per hour for 2 hours. How far does it go?"]
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
-        )
-        for q in questions
-    ]
+    prompts = [chat_prompt(tokenizer, q) for q in questions]
     params = SamplingParams(max_tokens=48, temperature=0.0)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
@@ -154,9 +156,7 @@ def demo_thinking(llm, args: argparse.Namespace) -> None:
     from vllm_ttsplugin import ThinkingConfig, thinking_report
 
     tokenizer = llm.get_tokenizer()
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is 17 + 25?"}], tokenize=False, add_generation_prompt=True
-    )
+    prompt = chat_prompt(tokenizer, "What is 17 + 25?")
     # The random tiny model rarely ends thinking by itself; a logit bias on the end token makes it try to.
     end_ids = tokenizer.encode("</think>", add_special_tokens=False)
     bias = {end_ids[0]: 3.0} if len(end_ids) == 1 and not args.model else None

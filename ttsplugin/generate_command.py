@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from ttsplugin.demo import _workdir, chat_prompt, engine_kwargs, ensure_tiny_model
+
 # Flag (argparse dest) -> per-request key.
 THINKING_FLAGS = {
     "min_think": "tts_min_think",
@@ -217,15 +219,7 @@ def generate(llm, args: argparse.Namespace) -> dict[str, Any]:
     extra = request_extra_args(args)
     tokenizer = llm.get_tokenizer()
     questions = args.prompt or [DEFAULT_PROMPT]
-    if args.raw:
-        prompts = list(questions)
-    else:
-        prompts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
-            )
-            for q in questions
-        ]
+    prompts = list(questions) if args.raw else [chat_prompt(tokenizer, q) for q in questions]
     params = SamplingParams(
         n=args.n,
         temperature=args.temperature,
@@ -296,8 +290,6 @@ def run_generate_command(args: argparse.Namespace) -> int:
         return 2
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    from ttsplugin.demo import _workdir, engine_kwargs, ensure_tiny_model
-
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the record (JSON with --json)
         model = args.model or str(ensure_tiny_model(_workdir(args), seed=0))
 
