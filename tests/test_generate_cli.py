@@ -80,10 +80,23 @@ def test_garbage_is_refused_naming_the_flag_before_any_engine_starts(argv, flag,
     assert capsys.readouterr().err.startswith(f"error: {flag}: ")
 
 
-def test_unparsable_values_are_argparse_errors(capsys):
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["generate", "--max-think", "many"], "--max-think"),
+        (["generate", "--n", "0"], "--n"),
+        (["generate", "--max-tokens", "-3"], "--max-tokens"),
+        (["generate", "--max-model-len", "0"], "--max-model-len"),
+        (["generate", "--kv-cache-mib", "-1"], "--kv-cache-mib"),
+        (["generate", "--kv-cache-mib", "lots"], "--kv-cache-mib"),
+        (["demo", "--kv-cache-mib", "0"], "--kv-cache-mib"),
+        (["demo", "--max-model-len", "-5"], "--max-model-len"),
+    ],
+)
+def test_unparsable_or_non_positive_values_are_argparse_errors(argv, flag, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["generate", "--max-think", "many"])
-    assert exc.value.code == 2 and "--max-think" in capsys.readouterr().err
+        main(argv)
+    assert exc.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from ttsplugin import __version__
+from ttsplugin.demo import positive_int
 
 
 def _add_demo(subparsers) -> None:
@@ -47,13 +48,13 @@ def _add_demo(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for models and sampling (default: 0)")
     p.add_argument(
         "--max-model-len",
-        type=int,
+        type=positive_int,
         default=2048,
         help="vLLM context length for the demo engine (default: 2048)",
     )
     p.add_argument(
         "--kv-cache-mib",
-        type=int,
+        type=positive_int,
         default=None,
         help="vLLM KV cache size in MiB (default: 256 for the tiny model, vLLM's own sizing for --model)",
     )

@@ -8,6 +8,17 @@ import time
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _workdir(args: argparse.Namespace) -> Path:
     root = (
         args.workdir

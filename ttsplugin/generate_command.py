@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from ttsplugin.demo import _workdir, chat_prompt, engine_kwargs, ensure_tiny_model
+from ttsplugin.demo import _workdir, chat_prompt, engine_kwargs, ensure_tiny_model, positive_int
 
 # Flag (argparse dest) -> per-request key.
 THINKING_FLAGS = {
@@ -63,14 +63,16 @@ def add_generate_parser(subparsers) -> None:
         help="send the prompts as they are instead of through the model's chat template",
     )
     sampling = p.add_argument_group("sampling (vLLM SamplingParams)")
-    sampling.add_argument("--n", type=int, default=1, help="samples per prompt (default: 1)")
+    sampling.add_argument("--n", type=positive_int, default=1, help="samples per prompt (default: 1)")
     sampling.add_argument(
         "--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default: 0)"
     )
     sampling.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
     sampling.add_argument("--top-k", type=int, default=0, help="top-k sampling; 0 = off (default: 0)")
     sampling.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    sampling.add_argument("--max-tokens", type=int, default=256, help="tokens per completion (default: 256)")
+    sampling.add_argument(
+        "--max-tokens", type=positive_int, default=256, help="tokens per completion (default: 256)"
+    )
     sampling.add_argument(
         "--logit-bias",
         action="append",
@@ -136,10 +138,12 @@ def add_generate_parser(subparsers) -> None:
         help="tts_first_finish: once K of the --n samples finish naturally, the others are stopped (needs --n > 1)",
     )
     engine = p.add_argument_group("engine")
-    engine.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
+    engine.add_argument(
+        "--max-model-len", type=positive_int, default=2048, help="context length (default: 2048)"
+    )
     engine.add_argument(
         "--kv-cache-mib",
-        type=int,
+        type=positive_int,
         default=None,
         help="KV cache size in MiB (default: 256 for the tiny model, vLLM's own sizing for --model)",
     )
