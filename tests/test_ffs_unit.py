@@ -1,5 +1,6 @@
-"""First Finish Search without an engine: argument validation, the V1 and V2 adapters driven by simulated
-persistent batches (vLLM's own BatchUpdateBuilder / LogitsContext), output helpers, answers and voting."""
+"""First Finish Search without an engine: argument validation, `TTSLogitsProcessor`'s V1 and V2 adapters (FFS is
+one of its slot components) driven by simulated persistent batches (vLLM's own BatchUpdateBuilder /
+LogitsContext), output helpers, answers and voting."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ffs_helpers import MARKER, VOCAB, Reference, StubTokenizer, make_requests
+from thinking_helpers import fake_vllm_config, use_vocab
 
 from vllm_ttsplugin.answers import (
     extract_answer,
@@ -26,8 +28,6 @@ from vllm_ttsplugin.ffs import (
     RACE_SIZE_KEY,
     FirstFinishCore,
     FirstFinishParamsError,
-    FirstFinishV1,
-    FirstFinishV2,
     SlotOutcome,
     first_finish_winners,
     force_tokens_,
@@ -189,17 +189,28 @@ def _sample(req, forced: int | None) -> int:
     return forced if forced is not None else req.script[len(req.out)]
 
 
+def _processor(monkeypatch, max_slots: int, marker_known: bool, req_states=None):
+    """`TTSLogitsProcessor` over a stub tokenizer whose single token MARKER decodes to the stop marker (or no
+    tokenizer at all: losers are then stopped with EOS, unmarked)."""
+    from vllm_ttsplugin import TTSLogitsProcessor
+    from vllm_ttsplugin.vocab import TokenizerVocab
+
+    use_vocab(monkeypatch, TokenizerVocab(StubTokenizer(), VOCAB) if marker_known else None)
+    config = fake_vllm_config(max_slots, vocab_size=VOCAB)
+    if req_states is not None:
+        proc = TTSLogitsProcessor(config, req_states)
+    else:
+        proc = TTSLogitsProcessor(config, torch.device("cpu"), False)
+    return proc, proc._impl.components[-1]
+
+
 @pytest.mark.parametrize("seed", range(12))
-def test_v1_adapter_matches_the_rule_through_adds_moves_swaps_and_preemption(seed):
+def test_v1_adapter_matches_the_rule_through_adds_moves_swaps_and_preemption(seed, monkeypatch):
     rng = random.Random(seed)
     requests = make_requests(rng, num_parents=rng.randint(2, 6))
     marker_known = seed % 3 != 0
     max_slots = 16
-    ffs = FirstFinishV1(
-        SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=max_slots), model_config=None),
-        torch.device("cpu"),
-    )
-    ffs.set_tokenizer(StubTokenizer() if marker_known else None)
+    ffs, component = _processor(monkeypatch, max_slots, marker_known)
     batch, ref = SimInputBatch(), Reference()
     waiting = deque(requests)
     capacity = rng.randint(3, max_slots)
@@ -230,23 +241,21 @@ def test_v1_adapter_matches_the_rule_through_adds_moves_swaps_and_preemption(see
                 finished_last_step.append(req)
         ref.end_step()
     assert all(r.finished for r in requests) and not waiting
-    assert ffs.core.num_members == 0 and not ffs.core.stopping_slots
+    ffs.update_state(batch.batch_update())  # the last finishers leave
+    assert component.core.num_members == 0 and not component.members_np.any()
 
 
-def test_v1_adapter_untouched_without_ffs_requests():
+def test_v1_adapter_untouched_without_ffs_requests(monkeypatch):
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    ffs = FirstFinishV1(
-        SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=4), model_config=None),
-        torch.device("cpu"),
-    )
+    ffs, component = _processor(monkeypatch, 4, True)
     params = SamplingParams(n=1, extra_args={"unrelated": 1})
     ffs.update_state(
         BatchUpdate(batch_size=2, removed=[], added=[(0, params, [1], []), (1, params, [2], [])], moved=[])
     )
     logits = torch.randn(2, VOCAB)
-    assert ffs.apply(logits.clone()).equal(logits) and ffs.core.num_members == 0
+    assert ffs.apply(logits.clone()).equal(logits) and component.core.num_members == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,17 +263,22 @@ def test_v1_adapter_untouched_without_ffs_requests():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _buffer(t: torch.Tensor) -> SimpleNamespace:
+    return SimpleNamespace(gpu=t, np=t.numpy())  # host view and "device" tensor share memory
+
+
 class SimRequestStates:
-    """The fields of vLLM's V2 LogitsProcRequestState that FFS reads, as plain CPU tensors (`.gpu` like vLLM's)."""
+    """The fields of vLLM's V2 LogitsProcRequestState the adapter reads, as plain CPU tensors (`.gpu` / `.np` like
+    vLLM's buffers)."""
 
     def __init__(self, max_slots: int, max_len: int = 64):
         self.device = torch.device("cpu")
         self.max_num_reqs = max_slots
         self.vocab_size = VOCAB
-        self.all_token_ids = SimpleNamespace(gpu=torch.zeros(max_slots, max_len, dtype=torch.int32))
-        self.total_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
-        self.prompt_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
-        self.prefill_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
+        self.all_token_ids = _buffer(torch.zeros(max_slots, max_len, dtype=torch.int32))
+        self.total_len = _buffer(torch.zeros(max_slots, dtype=torch.int32))
+        self.prompt_len = _buffer(torch.zeros(max_slots, dtype=torch.int32))
+        self.prefill_len = _buffer(torch.zeros(max_slots, dtype=torch.int32))
 
     def fill(self, slot: int, prompt: list[int], out: list[int]) -> None:
         tokens = prompt + out
@@ -279,7 +293,7 @@ class SimRequestStates:
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(seed):
+def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(seed, monkeypatch):
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
 
     rng = random.Random(100 + seed)
@@ -289,10 +303,7 @@ def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(se
     marker_known = seed % 3 != 0
     max_slots = 12
     states = SimRequestStates(max_slots)
-    ffs = FirstFinishV2(
-        SimpleNamespace(model_config=None), states, tokenizer=StubTokenizer() if marker_known else None
-    )
-    ffs._tokenizer_loaded = True
+    ffs, _ = _processor(monkeypatch, max_slots, marker_known, req_states=states)
     async_lag = seed % 2 == 1  # a finished request stays scheduled one more step (async scheduling)
     ref = Reference()
     free = list(range(max_slots - 1, -1, -1))  # vLLM's free list: the last freed slot is reused first
@@ -346,12 +357,12 @@ def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(se
     assert all(r.finished for r in requests) and not waiting
 
 
-def test_v2_apply_is_a_no_op_without_members_in_the_batch():
+def test_v2_apply_is_a_no_op_without_members_in_the_batch(monkeypatch):
     from vllm import SamplingParams
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
 
     states = SimRequestStates(4)
-    ffs = FirstFinishV2(SimpleNamespace(model_config=None), states, tokenizer=StubTokenizer())
+    ffs, _ = _processor(monkeypatch, 4, True, req_states=states)
     assert ffs.add_request(0, SamplingParams(n=1)) is False
     ffs.apply_staged_writes()
     slots = np.array([0])
@@ -370,6 +381,7 @@ def test_v2_apply_is_a_no_op_without_members_in_the_batch():
 
 def test_both_runners_load_the_tts_processor_by_name_and_validate_ffs_through_it():
     from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
     from vllm.v1.sample.logits_processor import (
         _load_logitsprocs_by_fqcns,
         validate_logits_processors_parameters,
@@ -392,9 +404,10 @@ def test_both_runners_load_the_tts_processor_by_name_and_validate_ffs_through_it
         params = SamplingParams(n=3, temperature=1.0, extra_args={"tts_first_finish": 2})
         validate(params)
         assert params.extra_args[RACE_SIZE_KEY] == 3
-        with pytest.raises(FirstFinishParamsError, match="exceeds") as error:
+        with pytest.raises(VLLMValidationError, match="exceeds") as error:
             validate(SamplingParams(n=3, temperature=1.0, extra_args={"tts_first_finish": 4}))
         assert error.value.parameter == "tts_first_finish"  # passed through, parameter kept (HTTP 400)
+        assert isinstance(error.value.__cause__, FirstFinishParamsError)
 
 
 # ----------------------------------------------------------------------------------------------------------------
