@@ -218,6 +218,8 @@ def test_ffs_k_at_n_vote_and_the_majority_baseline(ffs_llm, reference):
 
 
 def test_bad_arguments_are_rejected_at_admission_and_the_engine_keeps_serving(ffs_llm, reference, marker):
+    from vllm.exceptions import VLLMValidationError
+
     cases = [
         (dict(extra_args={"tts_first_finish": 0}), "tts_first_finish"),
         (dict(extra_args={"tts_first_finish": 9}), "exceeds"),
@@ -227,9 +229,10 @@ def test_bad_arguments_are_rejected_at_admission_and_the_engine_keeps_serving(ff
         (dict(extra_args={"tts_first_finish": float("nan")}), "NaN"),
     ]
     for overrides, message in cases:
-        with pytest.raises(FirstFinishParamsError, match=message) as error:
+        with pytest.raises(VLLMValidationError, match=message) as error:
             ffs_llm.generate(PROMPTS, sampling(ffs_llm, **overrides), use_tqdm=False)
         assert error.value.parameter in ("tts_first_finish", "tts_group")
+        assert isinstance(error.value.__cause__, FirstFinishParamsError)
         assert not ffs_llm.llm_engine.has_unfinished_requests()
     output = ffs_llm.generate(
         PROMPTS[:1], sampling(ffs_llm, extra_args={"tts_first_finish": 1}), use_tqdm=False

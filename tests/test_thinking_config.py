@@ -266,3 +266,15 @@ def test_validate_params_uses_the_frontend_input_processor(tokenizer):
     with pytest.raises(VLLMValidationError, match="tts_max_think"):
         TTSLogitsProcessor.validate_params(SamplingParams(extra_args={"tts_max_think": -4}))
     TTSLogitsProcessor.validate_params(SamplingParams())  # no tts_* keys: nothing to do
+
+
+def test_readme_key_table_lists_exactly_the_config_fields():
+    """The README's key table is the user's reference: one row per `ThinkingConfig` field, no more, no less."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Keys", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {key for row in rows for key in re.findall(r"`(tts_\w+)`", row.split("|")[1])}
+    assert documented == set(ThinkingConfig.keys())

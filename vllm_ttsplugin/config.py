@@ -119,18 +119,23 @@ class ThinkingConfig:
     untouched.
 
     Args:
-        tts_min_think (`int`, *optional*): Minimum number of thinking tokens. Before it is reached, an attempt to
-            end thinking (the end delimiter's first token would be produced) is replaced by `tts_wait`.
-        tts_max_think (`int`, *optional*): Maximum number of thinking tokens. The completion then has exactly this
-            many thinking tokens, followed by the end delimiter's tokens and the answer prefix's tokens.
+        tts_min_think (`int`, *optional*): Minimum number of thinking tokens (the model's own tokens inside the
+            think block; injected wait tokens do not count). Before it is reached, an attempt to end thinking (the
+            end delimiter's first token, or EOS / a stop token, would be produced) is replaced by `tts_wait`, and
+            the token after a wait text is never an attempt (s1's `min_tokens=1`).
+        tts_max_think (`int`, *optional*): Maximum number of thinking tokens (counted the same way). The completion
+            then has exactly this many thinking tokens, followed by the end delimiter's tokens and the answer
+            prefix's tokens.
         tts_wait (`str`, defaults to `"Wait"`): Text injected verbatim on a suppressed end attempt (the tokens of
             `tokenizer.encode(text, add_special_tokens=False)`); once started it is always completed.
         tts_max_waits (`int`, *optional*): At most this many injections ("ignore N times" in s1); after that the
             model may end thinking before `tts_min_think`. Unlimited by default.
         tts_answer_prefix (`str`, defaults to `""`): Forced after the end delimiter when `tts_max_think` stopped
             thinking (not after a natural end), e.g. `"\\nFinal Answer:"`.
-        tts_think_end (`str`, *optional*): End-of-thinking delimiter. Detected from the tokenizer by default
-            (`</think>` when it is a token). May tokenize to several tokens (s1's `<|im_start|>answer`).
+        tts_think_end (`str`, *optional*): End-of-thinking delimiter. By default the engine's reasoning
+            configuration's, else detected from the tokenizer (`</think>` when it is a token). May tokenize to
+            several tokens (s1's `<|im_start|>answer`); if its first token is ordinary text, only `tts_max_think`
+            can be enforced with it.
         tts_think_start (`str`, *optional*): Start-of-thinking delimiter, detected like `tts_think_end`.
         tts_end_temperature (`float`, *optional*): Temperature scaling of the end token (the paper's form): its
             logit z becomes z / T while thinking. Note z / T depends on the sign of z (logits are shift-invariant).
