@@ -253,6 +253,9 @@ def test_first_finish_composes_with_budget_forcing_and_wins_over_forced_text(ffs
     think = {
         "tts_max_think": budget,
         "tts_answer_prefix": "\nFinal Answer: the answer is the sum of the numbers",
+        # EOS inside thinking ends the sample (a natural finish while the siblings are due forced text); by
+        # default it would be an end attempt and become the end delimiter.
+        "tts_eos_in_thinking": "stop",
     }
     forced = tok.encode("</think>" + think["tts_answer_prefix"], add_special_tokens=False)
     references = ffs_llm.generate(prompts, sampling(ffs_llm, extra_args=dict(think)), use_tqdm=False)
