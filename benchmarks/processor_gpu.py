@@ -207,7 +207,12 @@ def sync_check(batch, vocab, device, generator) -> str | None:
     try:
         components = build(batch, device, prompts)
         for step in range(60):
-            if step == 50:  # requests leave and others take their slots
+            if step == 50:  # a preemption (snapshot, release, restore), then requests leave and others come
+                snaps = [comp.snapshot(1) for comp in components]
+                for comp, snap in zip(components, snaps, strict=True):
+                    comp.release([1], None)
+                    if snap is not None:
+                        comp.restore(1, snap)
                 for comp in components:
                     comp.release(half, None)
                 components[0].admit(half, [_spec(i + 1) for i in half], [prompts[i] for i in half])

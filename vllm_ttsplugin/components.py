@@ -312,8 +312,13 @@ class FirstFinishComponent(SlotComponent):
             return
         width = max([self.stop_ids.shape[1]] + [len(m.stop_ids) for m in requests])
         if width > self.stop_ids.shape[1]:
-            pad = torch.full((self.env.num_slots, width - self.stop_ids.shape[1]), -1, dtype=torch.long)
-            self.stop_ids = torch.cat([self.stop_ids, pad.to(self.env.device)], dim=1)
+            pad = torch.full(
+                (self.env.num_slots, width - self.stop_ids.shape[1]),
+                -1,
+                dtype=torch.long,
+                device=self.env.device,
+            )
+            self.stop_ids = torch.cat([self.stop_ids, pad], dim=1)
         rows = {name: [] for name in ("race", "k", "stop_token", "marked", "stop_ids")}
         for slot, member, prompt in zip(slots, requests, prompts, strict=True):
             if member.key is None:

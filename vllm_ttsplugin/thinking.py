@@ -409,7 +409,14 @@ class ThinkingControl:
 
     def restore(self, slot: int, snap: tuple) -> None:
         spec, dyn, cfg_i, cfg_f, seq, start_pattern, end_pattern, recent, stops, stop_valid = snap
-        self.admit([slot], [spec], [0], torch.zeros(1, dtype=torch.bool), torch.empty(1, 0, dtype=torch.long))
+        dev = self.device
+        self.admit(
+            [slot],
+            [spec],
+            [0],
+            torch.zeros(1, dtype=torch.bool, device=dev),
+            torch.empty(1, 0, dtype=torch.long, device=dev),
+        )
         self.dyn[slot] = dyn
         self.cfg_i[slot] = cfg_i
         self.cfg_f[slot] = cfg_f
