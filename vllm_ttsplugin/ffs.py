@@ -26,13 +26,13 @@ What this module relies on in vLLM (0.32; read in its source, checked in tests/t
    ``extra_args`` dict. Each admission gets its own id even when one `SamplingParams` object serves many prompts; the
    children inherit it through the clone and it survives serialization. On V1 the prompt (length and ends) is part
    of the race key too, so two prompts can never share a race by accident.
-2. **Natural finish.** The processor cannot see finish reasons. On V1 a finished request leaves the persistent
-   batch: listed in ``removed``, or silently overwritten by an ``added`` or a condensing ``moved`` entry. Its live
-   output list still ends with the token that ended it: a stop token (natural), ``max_tokens`` reached (length), our
-   own forced stop (loser), or anything else (preempted or aborted: it may come back and is not counted). On V2 there
-   is no removal hook; the committed tokens stay in ``req_states.all_token_ids`` until the slot is reused, so each
-   step counts, on the device, the member slots whose last committed token is one of their stop tokens (and, when a
-   slot is reused, its previous occupant right before the runner overwrites it).
+2. **Natural finish.** The processor cannot see finish reasons, only tokens. The adapters observe every token each
+   sample produced, including the one that finished it (V1: from its live output list right before it leaves the
+   persistent batch, listed in ``removed`` or overwritten by an ``added`` or condensing ``moved`` entry; V2: from
+   ``req_states.all_token_ids``, which keeps a slot's committed tokens until the slot is reused, for every member
+   slot each step and right before a reuse). A member's token that is one of its stop tokens, and that FFS did not
+   force, is a natural finish, counted on the device. A stop *string* ends a sample in the frontend; on V1 its
+   output list then still holds the text, read when it leaves (`member_outcome`); V2 has no such hook.
 3. **Stopping.** A logits processor stops a request by forcing a token: the row is filled with -inf and the token's
    logit set to 0. To make losers distinguishable, admission also appends ``FFS_STOP_REASON`` to the request's
    ``stop`` strings; the engine core forces the single token that decodes to it, the frontend's detokenizer then ends
