@@ -129,7 +129,7 @@ def test_reward_specs():
     assert reward_from_spec("color:0,1,0").color == (0.0, 1.0, 0.0)
     assert reward_from_spec("diffusers_ttsplugin.rewards:BrightnessReward").target is None
     with pytest.raises(ValueError, match="unknown reward"):
-        reward_from_spec("aesthetic")
+        reward_from_spec("no_such_reward")
     with pytest.raises(ValueError, match="cannot import"):
         reward_from_spec("no_such_module_xyz:thing")
 
