@@ -153,15 +153,15 @@ def available_rewards() -> dict[str, RewardEntry]:
     return {name: entries[0] for name, entries in sorted(_all_entries().items()) if len(entries) == 1}
 
 
-def _unknown(spec: str, detail: str = "") -> ValueError:
+def _unknown(spec: str, prefix: str = "unknown reward") -> ValueError:
     names = sorted(_all_entries())
     if not names:
         return ValueError(
-            f"unknown reward {spec!r}: no rewards are registered at all — is ttsplugin installed "
+            f"{prefix} {spec!r}: no rewards are registered at all — is ttsplugin installed "
             "(`pip install -e .` registers the entry points of pyproject.toml)?"
         )
     return ValueError(
-        f"unknown reward {spec!r}{detail}; available: {', '.join(names)} "
+        f"{prefix} {spec!r}; available: {', '.join(names)} "
         "(or module:attribute for a factory importable from your environment)"
     )
 
@@ -233,7 +233,8 @@ def _import_attribute(spec: str, module: str, attribute: str) -> Any:
         obj = getattr(importlib.import_module(module), attribute)
     except ModuleNotFoundError as err:
         if err.name is not None and module.startswith(err.name):
-            raise _unknown(spec, f" (and no module {module!r} to import it from)") from err
+            prefix = f"cannot import reward: {module!r} is neither a reward name nor a module, in"
+            raise _unknown(spec, prefix) from err
         raise ValueError(f"cannot import reward {spec!r}: {err}") from err
     except (ImportError, AttributeError) as err:
         raise ValueError(f"cannot import reward {spec!r}: {err}") from err

@@ -327,6 +327,78 @@ def test_aesthetic_predictor_with_open_clip(tiny_open_clip, tmp_path):
     assert torch.allclose(by_arch(images, [""] * 3), scores, atol=1e-9)
 
 
+# --- ImageReward (the image-reward library) ---------------------------------------------------------------------
+
+MED_CONFIG = {  # BLIP's med_config.json, shrunk: the MLP head fixes hidden_size = 768; one layer, a tiny FFN
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 64,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 512,
+    "model_type": "bert",
+    "num_attention_heads": 12,
+    "num_hidden_layers": 1,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 30524,
+    "encoder_width": 1024,
+    "add_cross_attention": True,
+}
+
+
+def _bert_tokenizer(folder):
+    """A BERT WordPiece tokenizer over characters and a few words, in place of the hub's bert-base-uncased."""
+    from transformers import BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz0123456789"]
+    words += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] + ["red", "apple", "blue", "car", "two", "cats"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(str(folder / "vocab.txt"))
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})  # what ImageReward's init_tokenizer adds
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    tokenizer.enc_token_id = tokenizer.additional_special_tokens_ids[0]
+    return tokenizer
+
+
+def test_imagereward_matches_the_library(tmp_path, monkeypatch):
+    # The library's model is BLIP with a ViT-L fixed in its code (300M parameters at random init) and a tokenizer
+    # it downloads; we shrink the text encoder through med_config, build the tokenizer here, and compare with the
+    # library's own `inference_rank` (PIL preprocessing, one image at a time).
+    try:
+        import ImageReward as library
+        from ImageReward.models.BLIP import blip_pretrain
+    except Exception as err:
+        pytest.skip(f"ImageReward does not import here: {type(err).__name__}: {err}")
+    import json
+
+    monkeypatch.setattr(blip_pretrain, "init_tokenizer", lambda: _bert_tokenizer(tmp_path))
+    (tmp_path / "med_config.json").write_text(json.dumps(MED_CONFIG))
+    torch.manual_seed(0)
+    model = library.ImageReward(med_config=str(tmp_path / "med_config.json"), device="cpu").eval()
+    for parameter in model.mlp.parameters():  # the library's init gives every image nearly the same score
+        parameter.data.normal_(0, 0.2)
+    torch.save(model.state_dict(), tmp_path / "ImageReward.pt")
+
+    reward = ImageRewardReward(str(tmp_path), batch_size=2)
+    images = _images(3, 256, 240)
+    prompt = "two red apples"
+    scores = reward(images, [prompt] * 3)
+    assert scores.dtype == torch.float64 and scores.shape == (3,)
+    with torch.no_grad():
+        _, expected = model.inference_rank(prompt, _pil(images))
+    expected = torch.tensor(expected, dtype=torch.float64)
+    spread = float(expected.max() - expected.min())
+    assert spread > 0.01
+    assert torch.allclose(scores, expected, atol=0.05 * spread), (scores, expected)
+    assert torch.allclose(
+        ImageRewardReward(str(tmp_path), batch_size=3)(images, [prompt] * 3), scores, atol=1e-6
+    )
+
+
 # --- missing extras ------------------------------------------------------------------------------------------
 
 

@@ -127,7 +127,12 @@ def test_builtin_specs(spec, check):
     ("spec", "error", "message"),
     [
         ("nosuch", ValueError, r"unknown reward 'nosuch'; available: .*jpeg.*pickscore"),
-        ("no_such_module_xyz:thing", ValueError, r"no module 'no_such_module_xyz'.*available: "),
+        (
+            "no_such_module_xyz:thing",
+            ValueError,
+            r"cannot import reward: 'no_such_module_xyz' is neither a reward name nor a module, in "
+            r"'no_such_module_xyz:thing'; available: .*jpeg",
+        ),
         ("diffusers_ttsplugin.rewards:NoSuchThing", ValueError, "cannot import reward"),
         ("", ValueError, "NAME or NAME:ARG"),
         ("   ", ValueError, "NAME or NAME:ARG"),
