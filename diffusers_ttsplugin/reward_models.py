@@ -39,9 +39,10 @@ def require(module: str, extra: str, reward: str) -> Any:
     try:
         return importlib.import_module(module)
     except Exception as err:  # a broken install raises more than ImportError (torchvision: RuntimeError)
+        state = "is not installed" if isinstance(err, ImportError) else "failed to import"
         raise ImportError(
-            f"{reward} needs the `{module}` package, which {'is not installed' if isinstance(err, ImportError) else 'failed to import'}"
-            f" ({type(err).__name__}: {err}); install it with `pip install 'ttsplugin[{extra}]'`"
+            f"{reward} needs the `{module}` package, which {state} ({type(err).__name__}: {err}); "
+            f"install it with `pip install 'ttsplugin[{extra}]'`"
         ) from err
 
 
@@ -198,21 +199,20 @@ class TransformersClipTower(ClipTower):
         owner: str | None = None,
     ):
         super().__init__()
-        transformers = require("transformers", extra, owner or type(self).__name__)
-        model = _model_source(model, type(self).__name__)
+        owner = owner or type(self).__name__
+        transformers = require("transformers", extra, owner)
+        model = _model_source(model, owner)
+        source = _model_source(processor, owner) if processor is not None else model
         self.device = torch.device(device or "cpu")
         self.dtype = dtype or torch.float32
         try:
             self.model = transformers.AutoModel.from_pretrained(str(model), dtype=self.dtype)
         except OSError as err:
-            raise OSError(
-                f"{owner or type(self).__name__}: cannot load the model {str(model)!r}: {err}"
-            ) from err
+            raise OSError(f"{owner}: cannot load the model {model!r}: {err}") from err
         self.model.to(self.device).eval()
         for needed in ("get_image_features", "get_text_features", "logit_scale"):
             if not hasattr(self.model, needed):
                 raise ValueError(f"the model at {model} has no `{needed}`: not a CLIP-style model")
-        source = str(processor or model)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(source)
         vision = getattr(self.model.config, "vision_config", None)
         self.transform = _transform_from_processor(
@@ -372,8 +372,8 @@ class PickScoreReward(Reward):
 
     Args:
         model (`str`, defaults to "yuvalkirstain/PickScore_v1"): A transformers CLIP folder or hub id.
-        processor (`str`, *optional*): Folder or hub id of the tokenizer and `preprocessor_config.json`; default: the
-            model folder when it has them, else `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`.
+        processor (`str`, *optional*): Folder or hub id of the tokenizer and `preprocessor_config.json`; default:
+            `model` itself, except for PickScore's hub id, whose processor is `laion/CLIP-ViT-H-14-laion2B-s32B-b79K`.
         device, dtype: Where and in which dtype the model runs (default CPU, float32).
         batch_size (`int`, defaults to 16): Images per forward pass.
     """
@@ -407,7 +407,7 @@ class HPSv2Reward(Reward):
     """Human Preference Score v2 (Wu et al. 2023): an open_clip ViT-H-14 fine-tuned on HPD v2.
 
     Score = `cos(image, prompt)` (HPSv2's `hps_score = diag(image_features @ text_features.T)` on unit-norm
-    features; typical values 0.2-0.35). Preprocessing is HPSv2's `preprocess_val`: longer side to 224 (bicubic),
+    features, a cosine in [-1, 1]; HPSv2 runs under CUDA autocast, we in `dtype`, float32 by default). Preprocessing is HPSv2's `preprocess_val`: longer side to 224 (bicubic),
     zero padding to a centred 224 × 224 square, OpenAI mean/std.
 
     Args:

@@ -137,38 +137,10 @@ def test_reward_specs():
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny random CLIP built in code, saved with save_pretrained (model + tokenizer + image processor)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from diffusers_ttsplugin.testing import save_tiny_clip
 
-    from diffusers_ttsplugin.testing import build_tiny_clip_tokenizer
-
-    text = dict(
-        vocab_size=1000,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    vision = dict(
-        image_size=30,
-        patch_size=6,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
     path = tmp_path_factory.mktemp("tiny-clip")
-    model.save_pretrained(path)
-    build_tiny_clip_tokenizer().save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(
-        path
-    )
-    return path, model
+    return path, save_tiny_clip(path, seed=0)
 
 
 def test_clip_reward_from_a_local_folder(tiny_clip_dir):
