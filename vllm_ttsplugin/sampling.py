@@ -109,17 +109,20 @@ def truncated_log_probs(
     return scaled - torch.logsumexp(scaled, dim=-1, keepdim=True)
 
 
-def token_set_probability(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def token_set_probability(
+    log_probs: torch.Tensor, tokens: torch.Tensor, gathered: bool = False
+) -> torch.Tensor:
     """[rows] total probability of each row's token set; `tokens` is [rows, S] with `PAD_TOKEN` padding.
 
-    A token listed twice in a row counts once.
+    `log_probs` is [rows, vocab], or already [rows, S] (the set's log-probabilities) with `gathered=True`. A token
+    listed twice in a row counts once.
     """
     tokens = tokens.to(torch.long)
-    valid = tokens >= 0
-    # Duplicates (e.g. padding that repeats a real id) must not count twice: keep the first occurrence.
-    earlier = (tokens.unsqueeze(2) == tokens.unsqueeze(1)).tril(diagonal=-1).any(dim=2)
-    probs = log_probs.gather(1, tokens.clamp(min=0)).exp()
-    return torch.where(valid & ~earlier, probs, 0.0).sum(dim=1)
+    keep = tokens >= 0
+    if tokens.shape[1] > 1:  # duplicates must not count twice: keep the first occurrence
+        keep = keep & ~(tokens.unsqueeze(2) == tokens.unsqueeze(1)).tril(diagonal=-1).any(dim=2)
+    chosen = log_probs if gathered else log_probs.gather(1, tokens.clamp(min=0))
+    return torch.where(keep, chosen.exp(), 0.0).sum(dim=1)
 
 
 def attempt_probability(
@@ -129,6 +132,7 @@ def attempt_probability(
     top_k: torch.Tensor | None = None,
     top_p: torch.Tensor | None = None,
     min_p: torch.Tensor | None = None,
+    distinct: bool = False,
 ) -> torch.Tensor:
     """p(the sampled token is in the row's set) under the request's sampler: the probability of an end attempt.
 
@@ -136,10 +140,20 @@ def attempt_probability(
         logits: [rows, vocab] logits before temperature.
         tokens: [rows, S] int token sets, `PAD_TOKEN`-padded (e.g. end delimiter's first token, EOS, stop ids).
         temperature, top_k, top_p, min_p: As in `truncated_log_probs`.
+        distinct: No id repeats within a row (skips the duplicate check).
 
     Returns:
         [rows] float32 probabilities.
     """
+    if top_k is None and top_p is None and min_p is None:
+        # No truncation: one logsumexp and a gather of the set, instead of a [rows, vocab] log-probability matrix.
+        scaled = logits.to(torch.float32)
+        if temperature is not None:
+            scaled = scaled / temperature.to(torch.float32).unsqueeze(1)
+        lse = torch.logsumexp(scaled, dim=-1, keepdim=True)
+        return token_set_probability(
+            scaled.gather(1, tokens.to(torch.long).clamp(min=0)) - lse, tokens, gathered=True
+        )
     return token_set_probability(truncated_log_probs(logits, temperature, top_k, top_p, min_p), tokens)
 
 

@@ -673,7 +673,7 @@ class ThinkingControl:
             top_k = xp.to_torch(xp.view(self.cfg_i)[slots, CfgI.TOP_K])
             top_p, min_p = xp.to_torch(f[:, CfgF.TOP_P]), xp.to_torch(f[:, CfgF.MIN_P])
             p = attempt_probability(
-                xp.to_torch(logits), xp.to_torch(tokens), temperature, top_k, top_p, min_p
+                xp.to_torch(logits), xp.to_torch(tokens), temperature, top_k, top_p, min_p, distinct=True
             )
             return u < xp.from_torch(p)
         # Without truncation p(attempt) <= sum_a exp((z_a - z_max) / T): a draw above that bound is "no attempt"
@@ -691,6 +691,7 @@ class ThinkingControl:
                 xp.to_torch(logits[sub]),
                 xp.to_torch(tokens[sub]),
                 None if temperature is None else temperature[sub],
+                distinct=True,  # E[0] and the request's stop ids differ (resolve_thinking); padding is -1
             )
             result[sub] = u[sub] < xp.from_torch(p)
         return result
