@@ -601,6 +601,32 @@ def test_v1_randomized_persistent_batch(ops, monkeypatch, vocab, ids, seed):
         assert r.output == expected, f"{r.key} params={r.params.extra_args} log={driver.log[-30:]}"
 
 
+def test_v1_resume_without_state_infers_even_a_single_injected_wait(monkeypatch, vocab, ids):
+    """A preempted request re-added with a fresh output list (no stashed state) holding one token, an injected
+    wait: that wait is replayed as an injection (not a thinking token), so the next token is the after-wait one."""
+    use_vocab(monkeypatch, vocab)
+    end = ids["end"]
+
+    def make(key):
+        params = _params(tts_min_think=3)
+        return Req(key, params, ids["open_prompt"], boost={p: {end: 60.0} for p in range(12)}, max_tokens=8)
+
+    driver = V1Driver(2, vocab.vocab_size)
+    r = make("p")
+    driver.add(r)
+    driver.step()
+    assert r.output == [ids["wait"][0]]
+    driver.remove(r)
+    driver.condense()
+    driver.step()
+    resumed = Req(r.key, r.params, r.prompt, r.boost, list(r.output), r.max_tokens)  # a new list: no stash
+    driver.add(resumed)
+    while not resumed.done:
+        driver.step()
+    ref = make("p")
+    assert resumed.output == reference_decode(ref, spec_of(ref.params, vocab), vocab.vocab_size, 0)
+
+
 def test_v2_resume_after_preemption_replays_state(ops, monkeypatch, vocab, ids):
     """V2 re-adds a preempted request with its partial output in prefill_len; the slot state is replayed."""
     use_vocab(monkeypatch, vocab)

@@ -236,6 +236,9 @@ class _V1Adapter:
         self.requests: list[list[object | None] | None] = [None] * self.num_slots
         self.observed = np.zeros(self.num_slots, dtype=np.int64)
         self.handled = np.zeros(self.num_slots, dtype=bool)
+        # [num_slots] admitted without its state while holding output (a resumed request): decisions for its
+        # tokens were never recorded here, so they are replayed with inference, however few they are.
+        self.replay = np.zeros(self.num_slots, dtype=bool)
         self._slots_np: np.ndarray | None = None  # handled slots (host), rebuilt when membership changes
         self._slots_list: list[int] = []
         # id(output list) -> (list, observed, snapshots, parsed requests, prompt): preempted/unscheduled requests.
@@ -261,6 +264,7 @@ class _V1Adapter:
         for comp in self.components:
             comp.release([slot], [out])
         self.handled[slot] = False
+        self.replay[slot] = False
         self.lists[slot] = None
         self.prompts[slot] = None
         self.requests[slot] = None
@@ -287,6 +291,7 @@ class _V1Adapter:
                 prompt = list(prompt_ids) if prompt_ids is not None else None
                 admit.append((slot, requests, prompt))
                 self._occupy(slot, output_ids, prompt, requests, 0)
+                self.replay[slot] = len(output_ids) > 0
         _admit(self.components, admit)
         if batch_update.moved:
             self._move(batch_update.moved)
@@ -297,6 +302,7 @@ class _V1Adapter:
         self.requests[slot] = requests
         self.observed[slot] = observed
         self.handled[slot] = True
+        self.replay[slot] = False
         self._slots_np = None
 
     def _move(self, moved) -> None:
@@ -315,6 +321,7 @@ class _V1Adapter:
         src = np.where(empty, np.arange(self.num_slots), held)
         self.observed = self.observed[src]
         self.handled = self.handled[src] & ~empty
+        self.replay = self.replay[src] & ~empty
         for name in ("lists", "prompts", "requests"):
             old = getattr(self, name)
             setattr(self, name, [None if empty[i] else old[src[i]] for i in range(self.num_slots)])
@@ -331,8 +338,9 @@ class _V1Adapter:
         lists = self.lists
         lengths = np.array([len(lists[s]) for s in slots_list], dtype=np.int64)
         new = lengths - self.observed[slots_np]
-        if ((new != 0) & (new != 1)).any():
-            self._observe_pending(slots_np[(new != 0) & (new != 1)])
+        stale = (new < 0) | (new > 1) | (self.replay[slots_np] & (new > 0))
+        if stale.any():
+            self._observe_pending(slots_np[stale])
             new = lengths - self.observed[slots_np]
         tokens = [lists[s][-1] if n == 1 else -1 for s, n in zip(slots_list, new.tolist(), strict=True)]
         # One host->device copy per step (pinned, non-blocking): slots, tokens, output lengths.
@@ -358,6 +366,7 @@ class _V1Adapter:
                     comp.release([slot], None)
                 _admit(self.components, [(slot, requests, prompt)])
                 self.observed[slot] = 0
+                self.replay[slot] = True
         behind = []
         for slot in slots_np.tolist():
             tokens = self.lists[slot]
@@ -366,15 +375,18 @@ class _V1Adapter:
                 end += 1
             if end > self.observed[slot]:
                 behind.append((slot, int(self.observed[slot]), end))
-        # One pending token: this processor recorded its decision. More: they are replayed (decisions inferred).
-        infer = any(end - start > 1 for _, start, end in behind)
-        for k in range(max((end - start for _, start, end in behind), default=0)):
-            batch = [(s, self.lists[s][o + k], o + k) for s, o, e in behind if o + k < e]
-            arr = to_device(np.array(batch, dtype=np.int64).T, self.device, self.env.pin_memory)
-            for comp in self.components:
-                comp.observe(arr[0], arr[1], arr[2], None, infer_injections=infer)
+        # One pending token: this processor recorded its decision. More, or any token of a request admitted
+        # without its state: they are replayed, decisions inferred.
+        for infer in (False, True):
+            group = [(s, o, e) for s, o, e in behind if (e - o > 1 or self.replay[s]) == infer]
+            for k in range(max((e - o for _, o, e in group), default=0)):
+                batch = [(s, self.lists[s][o + k], o + k) for s, o, e in group if o + k < e]
+                arr = to_device(np.array(batch, dtype=np.int64).T, self.device, self.env.pin_memory)
+                for comp in self.components:
+                    comp.observe(arr[0], arr[1], arr[2], None, infer_injections=infer)
         for s, _, end in behind:
             self.observed[s] = end
+            self.replay[s] = False
 
 
 # -- V2 runner ------------------------------------------------------------------------------------------------
