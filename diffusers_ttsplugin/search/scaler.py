@@ -606,8 +606,8 @@ class InferenceScaler:
             groups, dtype=torch.long, device=self._device
         )  # grid index of each chain's particle
         best_x, best_u = x.clone(), u.clone()  # best proposal of the chain's current step
-        best_r = torch.full((groups,), -math.inf, device=self._device)
-        final_r = torch.full((groups,), -math.inf, device=self._device)
+        best_r = torch.full((groups,), -math.inf, dtype=torch.float64, device=self._device)
+        final_r = torch.full((groups,), -math.inf, dtype=torch.float64, device=self._device)
         while True:
             active = [b * chains + c for b, m in enumerate(machines) for c in m.active_chains()]
             if not active:
