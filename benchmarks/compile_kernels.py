@@ -38,8 +38,8 @@ def import_kernels():
 
 def cases():
     """(kernel, signature, constexprs, num_warps, args divisible by 16) for the specialisations that matter."""
+    from ttsplugin_kernels import affine_step_triton as affine
     from ttsplugin_kernels import resample_triton as rt
-    from ttsplugin_kernels import sde_step_triton as sde_step
 
     ancestors_sig = {
         "log_weights_ptr": "*bf16", "uniforms_ptr": "*fp64", "rows_ptr": "*i1", "ancestors_ptr": "*i64",
@@ -79,20 +79,21 @@ def cases():
     block, _, num_warps = rt._row_block(1000)
     constants = {"WRITE_WEIGHTS": True, "WRITE_ESS": True, "BLOCK": block}
     yield rt._normalized_weights_kernel, weights_sig, constants, num_warps, []
-    sde_sig = {
-        "x_ptr": "*bf16", "velocity_ptr": "*bf16", "noise_ptr": "*bf16", "out_ptr": "*bf16", "n": "i32",
-        "coef_x": "fp32", "coef_velocity": "fp32", "coef_noise": "fp32", "seed": "i32",
-        "HAS_NOISE": "constexpr", "BLOCK": "constexpr",
+    affine_sig = {
+        "x_ptr": "*bf16", "velocity_ptr": "*bf16", "noise_ptr": "*bf16", "out_ptr": "*bf16", "coef_ptr": "*fp32",
+        "n": "i32", "row_size": "i32", "num_rows": "i32", "coef_x": "fp32", "coef_velocity": "fp32",
+        "coef_noise": "fp32", "seed": "i32", "HAS_NOISE": "constexpr", "ROW_COEFS": "constexpr", "BLOCK": "constexpr",
     }  # fmt: skip
     for has_noise in (True, False):
-        constants = {"HAS_NOISE": has_noise, "BLOCK": sde_step._BLOCK}
-        yield (
-            sde_step._sde_step_kernel,
-            sde_sig,
-            constants,
-            4,
-            ["x_ptr", "velocity_ptr", "noise_ptr", "out_ptr"],
-        )
+        for row_coefs in (False, True):
+            constants = {"HAS_NOISE": has_noise, "ROW_COEFS": row_coefs, "BLOCK": affine._BLOCK}
+            yield (
+                affine._affine_step_kernel,
+                affine_sig,
+                constants,
+                4,
+                ["x_ptr", "velocity_ptr", "noise_ptr", "out_ptr"],
+            )
 
 
 def main(argv=None) -> int:

@@ -40,7 +40,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
-from diffusers.utils.torch_utils import randn_tensor
 
 from .interpolants import (
     DIFFUSION_COEFFICIENTS,
@@ -54,6 +53,7 @@ from .interpolants import (
     paper_time_grid,
     vp_to_linear_time,
 )
+from .stepping import apply_step
 
 __all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput", "SchedulerMixin"]
 
@@ -592,28 +592,9 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     # -- step -------------------------------------------------------------------------------------------------
-    def _fill_noise(self, out: torch.Tensor, std: float, generator) -> torch.Tensor:
-        """Fill `out` (float32) with N(0, std²) in place from `generator` (or the global RNG); allocation-free when the
-        generator lives on the tensor's device."""
-        if isinstance(generator, list):
-            if len(generator) != out.shape[0]:
-                raise ValueError(
-                    f"The scheduler has {len(generator)} generators but the batch has {out.shape[0]} rows; pass one "
-                    "generator per row to `set_generator`."
-                )
-            for row, gen in zip(out, generator, strict=True):
-                self._fill_noise(row, std, gen)
-            return out
-        if generator is None or generator.device.type == out.device.type:
-            return out.normal_(0.0, std, generator=generator)
-        out.copy_(randn_tensor(out.shape, generator=generator, device=out.device, dtype=out.dtype))
-        return out.mul_(std)
-
     @staticmethod
     def _x0(sample32: torch.Tensor, model_output: torch.Tensor, c: StepCoefficients) -> torch.Tensor:
-        if c.x0_sample == 1.0:  # the linear model frame: x̂₀ = x − σ u in one pass
-            return torch.add(sample32, model_output, alpha=c.x0_velocity)
-        return torch.mul(sample32, c.x0_sample).add_(model_output, alpha=c.x0_velocity)
+        return apply_step(sample32, model_output, c.x0_sample, c.x0_velocity)
 
     def tweedie(
         self, model_output: torch.Tensor, sample: torch.Tensor, step_index: int | None = None
@@ -698,18 +679,16 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             # FlowMatchEulerDiscreteScheduler's exact expression, so the ODE reproduces it bit for bit.
             dt = self.sigmas[i + 1] - self.sigmas[i]
             prev_sample = sample + dt * model_output
-        elif c.noise == 0.0 and c.sample == 1.0:  # linear-frame ODE step, or the final Tweedie step
-            prev_sample = torch.add(sample, model_output, alpha=c.velocity)
-        elif c.noise == 0.0:
-            prev_sample = torch.mul(sample, c.sample).add_(model_output, alpha=c.velocity)
-        else:  # n·z + a·x + b·u: three passes, one allocation
-            if noise is not None:
-                prev_sample = torch.mul(noise.to(torch.float32), c.noise)
-            else:
-                prev_sample = self._fill_noise(
-                    torch.empty_like(sample), c.noise, self._generator if generator is None else generator
-                )
-            prev_sample.add_(sample, alpha=c.sample).add_(model_output, alpha=c.velocity)
+        else:  # a·x + b·u + n·z: the shared step (fused Triton kernel on CUDA), one allocation
+            prev_sample = apply_step(
+                sample,
+                model_output,
+                c.sample,
+                c.velocity,
+                c.noise,
+                noise=noise,
+                generator=self._generator if generator is None else generator,
+            )
 
         self._step_index += 1
         prev_sample = prev_sample.to(model_output.dtype)

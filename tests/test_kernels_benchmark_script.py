@@ -25,12 +25,12 @@ def test_benchmark_dry_run_writes_every_section(tmp_path, capsys):
     spec.loader.exec_module(script)
     assert script.main(["--dry-run", "--out-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "## resample" in printed and "fused SDE step at" in printed
+    assert "## resample" in printed and "fused affine step at" in printed
     results = json.loads((tmp_path / "resample_gpu.json").read_text())
     assert results["dry_run"] is True
     assert [(r["B"], r["N"]) for r in results["resample"]] == [(1, 4), (2, 16)]
-    assert results["sde_verdict"] in ("PAYS", "DOES NOT PAY")
-    for section in ("resample", "ancestors", "gather_configs", "sde_step", "graphs"):
+    assert results["affine_verdict"] in ("PAYS", "DOES NOT PAY")
+    for section in ("resample", "ancestors", "gather_configs", "affine_step", "graphs"):
         with open(tmp_path / f"resample_gpu_{section}.csv") as f:
             rows = list(csv.DictReader(f))
         assert rows and rows[0]["device"], section

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .budget import METHODS
+from .planning import METHODS
 
 
 @contextlib.contextmanager
