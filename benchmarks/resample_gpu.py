@@ -6,11 +6,14 @@ On a GPU (the real run, ~1 minute on an H200):
 
 Sections (each printed as a table and written to <out-dir>/resample_gpu.json and one CSV per section):
   1. resample: B in {1, 8}, N in {4, 16, 64, 256}, 262,144 bf16 values per particle (a FLUX latent at 1024^2),
-     systematic, log weights ~ N(0, 1). Providers: torch softmax + multinomial + index gather (the baseline),
-     ours out of place, ours in place with preallocated buffers (what a sampler loop runs), ours with input
-     validation (one host sync), and a device-to-device copy of the same bytes. Effective bandwidth counts
-     the bytes actually read and written (in place: only the particles that move, averaged over 32 draws).
-     Targets: >= 4x the baseline; >= 80 % of copy bandwidth at the large sizes (>= 64 MiB of particles).
+     and B in {1, 8}, N in {4, 64, 256} of 4,096 values (all launch-bound), systematic, log weights ~ N(0, 1).
+     Providers: torch softmax + multinomial + index gather (the baseline), ours out of place, ours in place with
+     preallocated buffers (what a sampler loop runs), ours with input validation (one host sync), each launch
+     path forced (the one-launch fused kernel, the ancestor kernel + gather), and a device-to-device copy of the
+     same bytes. Effective bandwidth counts the bytes actually read and written (in place: only the particles
+     that move, averaged over 32 draws). Targets: >= 4x the baseline; >= 80 % of copy bandwidth at the large
+     sizes (>= 64 MiB of particles); and the speed check: never slower than the baseline (out of place and in
+     place) at any size, printed as a table and a PASS/FAIL line; the exit status is 3 when it fails.
   2. ancestors: the ancestor kernel alone per scheme vs softmax + torch.multinomial.
   3. gather_configs: gather launch configurations at the largest size (to tune the defaults).
   4. affine_step: the fused sampler step (kernels/affine_step_triton.py) on the linear-interpolant SDE step vs the
@@ -45,6 +48,7 @@ FLUX_STEP_MS = 170.0  # one FLUX-12B transformer step at 1024^2 per image on an 
 SPEEDUP_TARGET = 4.0
 BANDWIDTH_TARGET = 0.80
 LARGE_BYTES = 64 * 2**20
+SPEED_CHECK_FAILED = 3  # exit status when the kernels were right but slower than torch somewhere
 
 
 def import_kernels():
@@ -133,8 +137,8 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def bench_resample(tk, torch, bench: Bench, sizes, features: int, device: str) -> list[dict]:
-    return [resample_case(tk, torch, bench, b, n, features, device) for b, n in sizes]
+def bench_resample(tk, torch, bench: Bench, sizes, device: str) -> list[dict]:
+    return [resample_case(tk, torch, bench, b, n, d, device) for b, n, d in sizes]
 
 
 def resample_case(tk, torch, bench: Bench, batch_size: int, num_particles: int, features: int, device: str):
@@ -145,20 +149,24 @@ def resample_case(tk, torch, bench: Bench, batch_size: int, num_particles: int, 
     batch_index = torch.arange(batch_size, device=device)[:, None]
     particle_bytes = x.numel() * x.element_size()
 
-    # Correctness first: a wrong kernel must fail the run, not produce a fast number.
+    # Correctness first: a wrong kernel must fail the run, not produce a fast number (both launch paths).
+    from ttsplugin_kernels.resample import FUSED_MAX_PARTICLES, _resample
+
     u = tk.draw_uniforms(batch_size, num_particles, "systematic", g)
-    got, ancestors = tk.resample(x, lw, uniforms=u, backend="triton")
     expected, expected_ancestors = tk.resample(x, lw, uniforms=u, backend="torch")
-    if not (torch.equal(ancestors, expected_ancestors) and torch.equal(got, expected)):
-        raise AssertionError(
-            f"Triton resample differs from the reference at B={batch_size}, N={num_particles}"
-        )
-    work = x.clone()
-    tk.resample(work, lw, uniforms=u, out=work, backend="triton")
-    if not torch.equal(work, expected):
-        raise AssertionError(
-            f"in-place resample differs from the reference at B={batch_size}, N={num_particles}"
-        )
+    paths = ["auto", "two_pass"] + (["fused"] if num_particles <= FUSED_MAX_PARTICLES else [])
+    for path in paths:
+        got, ancestors = _resample(x, lw, u, "systematic", None, None, None, False, "triton", path)
+        work = x.clone()
+        _resample(work, lw, u, "systematic", None, work, None, True, "triton", path)
+        if not (torch.equal(ancestors, expected_ancestors) and torch.equal(got, expected)):
+            raise AssertionError(
+                f"Triton resample ({path}) differs from the reference at B={batch_size}, N={num_particles}"
+            )
+        if not torch.equal(work, expected):
+            raise AssertionError(
+                f"in-place resample ({path}) differs from the reference at B={batch_size}, N={num_particles}"
+            )
 
     slots = torch.arange(num_particles, device=device)
     draws = 32 if device == "cuda" else 2
@@ -193,29 +201,47 @@ def resample_case(tk, torch, bench: Bench, batch_size: int, num_particles: int, 
     def ours_checked():
         return tk.resample(x, lw, "systematic", g, out=out_buffer, backend="triton", validate=True)
 
+    def forced(path):  # one launch path, as `resample(validate=False)` runs it (uniforms drawn per call)
+        def run():
+            uniforms = tk.draw_uniforms(batch_size, num_particles, "systematic", g)
+            return _resample(x, lw, uniforms, "systematic", None, None, None, False, "triton", path)
+
+        return run
+
     def copy():
         return out_buffer.copy_(x)
 
-    times = {name: bench(fn) for name, fn in [
+    cases = [
         ("torch", torch_baseline), ("ours", ours), ("ours_in_place", ours_in_place),
-        ("ours_checked", ours_checked), ("copy", copy),
-    ]}  # fmt: skip
+        ("ours_checked", ours_checked), ("copy", copy), ("two_pass", forced("two_pass")),
+    ] + ([("fused", forced("fused"))] if "fused" in paths else [])  # fmt: skip
+    times = {name: bench(fn) for name, fn in cases}
+    from ttsplugin_kernels.resample import FUSED_MAX_BYTES
+
+    fused_auto = num_particles <= FUSED_MAX_PARTICLES and particle_bytes <= FUSED_MAX_BYTES
     copy_bw = gbps(2 * particle_bytes, times["copy"][0])
     bw = gbps(2 * particle_bytes, times["ours"][0])
     bw_in_place = gbps(2 * particle_bytes * moved / (batch_size * num_particles), times["ours_in_place"][0])
     large = particle_bytes >= LARGE_BYTES
     best_speedup = times["torch"][0] / min(times["ours"][0], times["ours_in_place"][0])
+    speedup = times["torch"][0] / times["ours"][0]
+    speedup_in_place = times["torch"][0] / times["ours_in_place"][0]
     row = {
         "B": batch_size,
         "N": num_particles,
+        "D": features,
         "MiB": particle_bytes / 2**20,
+        "path": "fused" if fused_auto else "two_pass",
         "torch_ms": times["torch"][0],
         "ours_ms": times["ours"][0],
         "in_place_ms": times["ours_in_place"][0],
         "checked_ms": times["ours_checked"][0],
         "copy_ms": times["copy"][0],
-        "speedup": times["torch"][0] / times["ours"][0],
-        "speedup_in_place": times["torch"][0] / times["ours_in_place"][0],
+        "fused_ms": times["fused"][0] if "fused" in times else None,
+        "two_pass_ms": times["two_pass"][0],
+        "speedup": speedup,
+        "speedup_in_place": speedup_in_place,
+        "never_slower": "PASS" if min(speedup, speedup_in_place) >= 1.0 else "FAIL",
         "moved_frac": moved / (batch_size * num_particles),
         "GBps": bw,
         "GBps_in_place": bw_in_place,
@@ -416,14 +442,13 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or pass --dry-run to check the script on the CPU")
     if args.dry_run:
-        features, sizes, big, particles = 64, [(1, 4), (2, 16)], (2, 16), [1, 4]
+        features, big, particles = 64, (2, 16), [1, 4]
+        sizes = [(1, 4, 64), (2, 16, 64), (2, 80, 3)]  # the last one takes the two-kernel path
     else:
-        features, sizes, big, particles = (
-            262_144,
-            [(b, n) for b in (1, 8) for n in (4, 16, 64, 256)],
-            (8, 256),
-            [1, 64, 512],
-        )
+        features, big, particles = 262_144, (8, 256), [1, 64, 512]
+        # FLUX latents at 1024^2 (the table of BENCHMARKS.md), then small 64x64x1 particles (all launch-bound).
+        sizes = [(b, n, features) for b in (1, 8) for n in (4, 16, 64, 256)]
+        sizes += [(b, n, 4096) for b in (1, 8) for n in (4, 64, 256)]
     bench = Bench(device, args.rep_ms)
     env = environment(torch, device)
     print(
@@ -431,16 +456,18 @@ def main(argv=None) -> int:
     )
 
     results = {"environment": env, "dry_run": args.dry_run}
-    results["resample"] = bench_resample(tk, torch, bench, sizes, features, device)
+    results["resample"] = bench_resample(tk, torch, bench, sizes, device)
     print_table(
-        f"resample (systematic, bf16, {features} values per particle): time p50 ms, speedup vs torch, bandwidth",
+        "resample (systematic, bf16, D values per particle): time p50 ms, speedup vs torch, bandwidth",
         results["resample"],
-        ["B", "N", "MiB", "torch_ms", "ours_ms", "in_place_ms", "checked_ms", "copy_ms", "speedup",
-         "speedup_in_place", "moved_frac", "pct_copy", "pct_copy_in_place", "target_speedup", "target_bandwidth"],
+        ["B", "N", "D", "MiB", "path", "torch_ms", "ours_ms", "in_place_ms", "checked_ms", "fused_ms",
+         "two_pass_ms", "copy_ms", "speedup", "speedup_in_place", "moved_frac", "pct_copy", "pct_copy_in_place",
+         "target_speedup", "target_bandwidth"],
     )  # fmt: skip
     out_dir = Path(args.out_dir)
+    results["speed_check"] = speed_check(results["resample"], args.dry_run)
     save(results, out_dir)
-    results["ancestors"] = bench_ancestors(tk, torch, bench, [sizes[0], big], device)
+    results["ancestors"] = bench_ancestors(tk, torch, bench, [sizes[0][:2], big], device)
     print_table(
         "ancestors alone: p50 ms per scheme vs softmax + torch.multinomial",
         results["ancestors"],
@@ -471,7 +498,9 @@ def main(argv=None) -> int:
     )
     results["affine_verdict"] = verdict
     save(results, out_dir)
-    results["graphs"] = bench_graphs(tk, torch, bench, sizes, features, device)  # CPU: no graphs, None
+    results["graphs"] = bench_graphs(
+        tk, torch, bench, [(b, n) for b, n, d in sizes if d == features], features, device
+    )
     print_table(
         "small sizes replayed from a CUDA graph (no launch overhead): p50 ms",
         results["graphs"],
@@ -481,7 +510,30 @@ def main(argv=None) -> int:
     print(f"\nwrote {out_dir / 'resample_gpu.json'} and resample_gpu_<section>.csv")
     if any(not math.isfinite(r["ours_ms"]) for r in results["resample"]):
         raise SystemExit("non-finite timing")
-    return 0
+    print(results["speed_check"]["line"])
+    return SPEED_CHECK_FAILED if results["speed_check"]["verdict"] == "FAIL" else 0
+
+
+def speed_check(rows: list[dict], dry_run: bool) -> dict:
+    """Issue 13's rule: `resample` (out of place and in place, validate=False) is never slower than torch's
+    softmax + multinomial + gather, at any measured size. Printed as a table and one PASS/FAIL line."""
+    print_table(
+        "never slower than torch: speedup = torch p50 / ours p50 (>= 1 at every size)",
+        rows,
+        ["B", "N", "D", "MiB", "path", "speedup", "speedup_in_place", "never_slower"],
+    )
+    failed = [f"B={r['B']} N={r['N']} D={r['D']}" for r in rows if r["never_slower"] == "FAIL"]
+    worst = min(min(r["speedup"], r["speedup_in_place"]) for r in rows)
+    if dry_run:
+        verdict, line = "n/a", "speed check: n/a (dry run: CPU timings under the interpreter mean nothing)"
+    elif failed:
+        verdict, line = (
+            "FAIL",
+            f"speed check: FAIL (slower than torch at {', '.join(failed)}; worst {worst:.2f}x)",
+        )
+    else:
+        verdict, line = "PASS", f"speed check: PASS (>= torch at all {len(rows)} sizes; worst {worst:.2f}x)"
+    return {"verdict": verdict, "line": line, "failed": failed, "worst_speedup": worst}
 
 
 if __name__ == "__main__":

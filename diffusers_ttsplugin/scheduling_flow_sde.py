@@ -58,7 +58,10 @@ from .stepping import apply_step
 __all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput", "SchedulerMixin"]
 
 SAMPLERS = ("sde", "ode")
-TIME_GRIDS = ("pipeline", "paper", "paper_code")
+TIME_GRIDS = ("auto", "pipeline", "paper", "paper_code", "uniform")
+#: What `time_grid="auto"` means for each sampling interpolant (BENCHMARKS.md, "Marginal error": the grid closest to
+#: the exact marginals for each sampler).
+AUTO_TIME_GRID = {"linear": "pipeline", "vp": "uniform"}
 FINAL_STEPS = ("auto", "integrate", "tweedie")
 
 logger = logging.get_logger(__name__)
@@ -199,7 +202,7 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         diffusion_norm: float = 3.0,
         vp_beta_min: float = 0.1,
         vp_beta_max: float = 20.0,
-        time_grid: str = "pipeline",
+        time_grid: str = "auto",
         final_step: str = "auto",
     ):
         _check_choice("sampler", sampler, SAMPLERS)
@@ -317,6 +320,13 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         return self._generator
 
     @property
+    def time_grid(self) -> str:
+        """The grid in use: `config.time_grid`, with `"auto"` resolved for the sampling interpolant
+        (`"pipeline"` for linear, `"uniform"` for VP)."""
+        grid = self.config.time_grid
+        return AUTO_TIME_GRID[self.config.interpolant] if grid == "auto" else grid
+
+    @property
     def sampling_interpolant(self):
         """The [`~diffusers_ttsplugin.interpolants.Interpolant`] the steps are taken in."""
         return self._sampling_interpolant
@@ -393,7 +403,7 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             timesteps (`list[float]`, *optional*):
                 Custom timesteps for the `"pipeline"` grid; with a paper grid only their count is used.
         """
-        grid = self.config.time_grid
+        grid = self.time_grid
         if grid == "pipeline":
             self._euler.set_timesteps(
                 num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps
@@ -433,6 +443,11 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
                     )
             else:
                 s = linear
+        elif grid == "uniform":  # equal steps in the sampling interpolant's own time, 1 -> 0
+            s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+            linear = vp_to_linear_time(s, sampler) if is_vp else s
+            model_sigmas = linear.to(torch.float32).to(device)
+            model_timesteps = model_sigmas[:-1] * self.config.num_train_timesteps
         else:
             r = paper_time_grid(num_steps)
             if grid == "paper_code" or is_vp:
@@ -467,7 +482,7 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             )
         final_step = self.config.final_step
         if final_step == "auto":
-            final_step = "integrate" if grid == "pipeline" else "tweedie"
+            final_step = "tweedie" if grid in ("paper", "paper_code") else "integrate"
         if final_step == "tweedie":  # the last step returns x̂₀ at the last non-zero time
             last = self._coefficients[-1]
             self._coefficients[-1] = StepCoefficients(
