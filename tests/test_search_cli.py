@@ -45,6 +45,30 @@ def test_search_command_rejects_a_budget_too_small(tmp_path, capsys):
     assert "does not apply to method 'bon'" in capsys.readouterr().out
 
 
+def test_search_command_smc_weighting_flags(tmp_path, capsys):
+    argv = ["search", "--method", "smc", "--nfe", "12", "--steps", "3", "--reward", "brightness", "--quiet"]
+    argv += ["--potential", "max", "--initial-weights", "reward", "--tempering", "exponential"]
+    argv += ["--tempering-gamma", "0.5", "--time-grid", "uniform", "--output", str(tmp_path)]
+    assert main(argv) == 0
+    settings = json.loads((tmp_path / "summary.json").read_text())["settings"]
+    assert (settings["potential"], settings["initial_weights"], settings["tempering"]) == (
+        "max",
+        "reward",
+        "exponential",
+    )
+    assert settings["tempering_gamma"] == 0.5 and settings["time_grid"] == "uniform"
+    capsys.readouterr()
+    bad = ["search", "--method", "smc", "--nfe", "12", "--steps", "3", "--output", str(tmp_path)]
+    assert main([*bad, "--tempering-gamma", "-1", "--tempering", "linear"]) == 2
+    assert "tempering_gamma" in capsys.readouterr().out
+    assert main([*bad, "--tempering-gamma", "0.5"]) == 2  # a rate without a schedule
+    assert "tempering_gamma" in capsys.readouterr().out
+    for flag, value in (("--potential", "diff"), ("--tempering", "cosine"), ("--time-grid", "vp")):
+        with pytest.raises(SystemExit) as exc:
+            main([*bad, flag, value])
+        assert exc.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+
+
 def test_search_demo_writes_both_plots(tmp_path, capsys):
     import inspect
 
