@@ -151,8 +151,8 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             marginals) is rejected: use `sampler="sde"`.
         sampler (`str`, defaults to `"sde"`):
             `"sde"`: Euler–Maruyama on the reverse SDE x_{t−Δ} = x_t − Δ (u − ½ g² ∇log p_t) + g √Δ z.
-            `"ode"`: Euler on the probability-flow ODE (g = 0). With `interpolant="linear"` and
-            `time_grid="pipeline"` this is FlowMatchEulerDiscreteScheduler, bit for bit.
+            `"ode"`: Euler on the probability-flow ODE (g = 0). With `interpolant="linear"` (and the default grid,
+            which is then `"pipeline"`) this is FlowMatchEulerDiscreteScheduler, bit for bit.
         interpolant (`str`, defaults to `"vp"`):
             The interpolant whose frame and time the sampler steps in: `"linear"` (the model's own) or `"vp"`.
         diffusion_coefficient (`str`, defaults to `"square"`):
@@ -162,18 +162,23 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             Scale of g, ≥ 0 (the paper compares 1, 3, 5: fidelity vs diversity). 0 gives the ODE.
         vp_beta_min (`float`, defaults to 0.1), vp_beta_max (`float`, defaults to 20.0):
             Linear β schedule of the VP interpolant (0 ≤ β_min < β_max).
-        time_grid (`str`, defaults to `"pipeline"`):
-            `"pipeline"`: the sigmas the pipeline asks for (its step count, shift and `mu`), mapped to the sampling
-            interpolant's time by equal SNR. `"paper"`: the VP grid of the paper's released code,
-            r_i = √(1 − (i/N)²) with N = the pipeline's step count, as VP times (for `interpolant="linear"`: the linear
-            times of equal SNR, the same noise levels); the pipeline's shift and `mu` are ignored.
+        time_grid (`str`, defaults to `"auto"`):
+            `"auto"`: follow the sampling interpolant — `"pipeline"` for `"linear"` (so `sampler="ode"` is
+            FlowMatchEuler), `"uniform"` for `"vp"` (of the grids measured, the closest to the exact marginals for the
+            VP-SDE at 10–200 steps: BENCHMARKS.md, "Marginal error"). `"pipeline"`: the sigmas the pipeline asks for
+            (its step count, shift and `mu`), mapped to the sampling interpolant's time by equal SNR; for the VP-SDE
+            it takes its first steps in VP time from s = 1 to 0.64 (10 steps) and over-disperses.
+            `"uniform"`: equal steps in the sampling interpolant's own time, 1 → 0 (VP: s_i = 1 − i/N). `"paper"`:
+            the VP grid of the paper's released code, r_i = √(1 − (i/N)²) with N = the pipeline's step count, as VP
+            times (for `interpolant="linear"`: the linear times of equal SNR, the same noise levels).
             `"paper_code"`: the same r_i used directly as times of the sampling interpolant (what the released code
-            does for its linear SDE; identical to `"paper"` for VP).
+            does for its linear SDE; identical to `"paper"` for VP). Except for `"pipeline"`, the pipeline's shift
+            and `mu` are ignored and only its step count is used.
         final_step (`str`, defaults to `"auto"`):
             `"integrate"`: the last step integrates to t = 0. `"tweedie"`: the last step returns Tweedie's x̂₀ at the
             last non-zero time instead (what the released code outputs). `"auto"`: `"tweedie"` on the paper grids,
             whose last step is long (VP time 0.436 → 0 at N = 10: an SDE step would add visible noise at t = 0), and
-            `"integrate"` on the pipeline grid.
+            `"integrate"` on the others.
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler"]

@@ -112,9 +112,10 @@ class InferenceScaler:
         interpolant (`str`, *optional*): "linear" or "vp" (default: "linear" for bon/sop, "vp" otherwise).
         diffusion_coefficient (`str`, defaults to "square"), diffusion_norm (`float`, defaults to 3.0),
         vp_beta_min (`float`, defaults to 0.1), vp_beta_max (`float`, defaults to 20.0),
-        time_grid (`str`, defaults to "pipeline"): passed to [`~diffusers_ttsplugin.FlowSDEScheduler`], which
-            computes the grid and the step coefficients ("pipeline" = the pipeline's own sigmas and shift;
-            "paper" = the released code's VP grid).
+        time_grid (`str`, defaults to "auto"): passed to [`~diffusers_ttsplugin.FlowSDEScheduler`], which
+            computes the grid and the step coefficients ("auto" = follow the sampling interpolant: the pipeline's
+            own sigmas and shift for linear, equal steps in VP time for VP; "pipeline"; "uniform"; "paper" = the
+            released code's VP grid).
         max_batch_size (`int`, *optional*): Most transformer rows (and decoded images) per call.
         nonfinite_rewards (`str`, defaults to "raise"): "raise" on NaN/+inf rewards, or "reject" (NaN → −inf,
             never chosen). +inf always raises; a prompt whose chosen sample has no finite reward raises.
@@ -160,7 +161,7 @@ class InferenceScaler:
         diffusion_norm: float = 3.0,
         vp_beta_min: float = 0.1,
         vp_beta_max: float = 20.0,
-        time_grid: str = "pipeline",
+        time_grid: str = "auto",
         max_batch_size: int | None = None,
         nonfinite_rewards: str = "raise",
         callback: Callable[[InferenceScaler, StepRecord], None] | None = None,
