@@ -284,6 +284,9 @@ def plot(runs: dict, args, path: Path) -> None:
             )  # fmt: skip
         ax.axhline(1.0, color="black", linestyle=":", linewidth=1)
         ax.set_xscale("log")
+        ticks = sorted(set(args.budgets) | {min(args.rbf_budgets)})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_title(sampler)
         ax.set_xlabel("NFE")
         ax.grid(True, alpha=0.3)

@@ -74,3 +74,24 @@ def test_scheduler_and_search_run_the_fused_kernel(monkeypatch):
     plain = run("torch")
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_scheduler_step_keeps_its_operation_order_bit_for_bit():
+    """FlowSDEScheduler.step through apply_step computes exactly what it computed before the step function was shared:
+    n·z drawn straight into the output buffer (normal_ with std n), then + a·x, then + b·u; x̂₀ = x + p·u."""
+    scheduler = FlowSDEScheduler()
+    scheduler.set_timesteps(10)
+    g = torch.Generator().manual_seed(3)
+    x, u, z = (torch.randn(4, 6, generator=g) for _ in range(3))
+    c = scheduler.step_coefficients(2)
+    expected_given = torch.mul(z, c.noise).add_(x, alpha=c.sample).add_(u, alpha=c.velocity)
+    expected_drawn = torch.empty(4, 6).normal_(0.0, c.noise, generator=torch.Generator().manual_seed(7))
+    expected_drawn.add_(x, alpha=c.sample).add_(u, alpha=c.velocity)
+    expected_x0 = torch.mul(x, c.x0_sample).add_(u, alpha=c.x0_velocity) if c.x0_sample != 1.0 else None
+    for noise, expected in ((z, expected_given), (None, expected_drawn)):
+        scheduler.set_timesteps(10)
+        scheduler.set_begin_index(2)
+        scheduler.set_generator(torch.Generator().manual_seed(7))
+        prev, x0 = scheduler.step(u, scheduler.timesteps[2], x, noise=noise, return_dict=False)
+        assert torch.equal(prev, expected)
+        assert torch.equal(x0, torch.add(x, u, alpha=c.x0_velocity) if expected_x0 is None else expected_x0)
