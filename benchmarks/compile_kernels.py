@@ -52,6 +52,20 @@ def cases():
             block, log2_block, num_warps = rt._row_block(n)
             constants = {"SCHEME": scheme, "HAS_ROWS": True, "BLOCK": block, "LOG2_BLOCK": log2_block}
             yield rt._resample_ancestors_kernel, ancestors_sig, constants, num_warps, []
+    fused_sig = {
+        "log_weights_ptr": "*fp64", "uniforms_ptr": "*fp64", "rows_ptr": "*i1", "x_ptr": "*bf16", "out_ptr": "*bf16",
+        "ancestors_ptr": "*i64", "n": "i32", "d": "i32", "num_d_blocks": "i32", "stride_lb": "i32",
+        "stride_ln": "i32", "stride_ub": "i32", "stride_un": "i32", "stride_xb": "i64", "stride_xn": "i32",
+        "stride_ob": "i64", "stride_on": "i32", "stride_ab": "i32", "fixed_point_scale": "fp64",
+        "SCHEME": "constexpr", "HAS_ROWS": "constexpr", "IN_PLACE": "constexpr", "BLOCK_N": "constexpr",
+        "BLOCK_D": "constexpr",
+    }  # fmt: skip
+    for scheme in range(len(rt.SCHEMES)):
+        for n, in_place in ((4, False), (64, True)):
+            block_n, block_d = rt.fused_launch_config(n, 262_144)
+            constants = {"SCHEME": scheme, "HAS_ROWS": in_place, "IN_PLACE": in_place, "BLOCK_N": block_n,
+                         "BLOCK_D": block_d}  # fmt: skip
+            yield rt._resample_fused_kernel, fused_sig, constants, 4, ["x_ptr", "out_ptr"]
     gather_sig = {
         "x_ptr": "*bf16", "ancestors_ptr": "*i64", "out_ptr": "*bf16", "n_in": "i32", "n_out": "i32", "d": "i32",
         "num_slots": "i32", "stride_xb": "i64", "stride_xn": "i32", "stride_ab": "i32", "stride_an": "i32",

@@ -56,6 +56,25 @@ def _search_right(sorted_ptr, target, n, mask, LOG2_BLOCK: tl.constexpr):
     return tl.minimum(lo, n - 1)
 
 
+@triton.jit
+def _fixed_point_weights(
+    log_weights_ptr, row, slot, in_row, stride_lb, stride_ln, fixed_point_scale, BLOCK: tl.constexpr
+):
+    """One row's weights as int64 q_i = floor(2^S exp(lw_i - max lw)), their total and the row's validity flag,
+    exactly as `resample_ancestors_reference` computes them (step 1 of both resampling kernels)."""
+    lw = tl.load(log_weights_ptr + row * stride_lb + slot * stride_ln, mask=in_row, other=float("-inf"))
+    lw = lw.to(tl.float64)
+    # A NaN counts as +inf for the max (GPU max reductions drop NaN), so one max flags bad rows: all -inf,
+    # any NaN or +inf. Row-wide flags stay [BLOCK] tensors: the 3.9 interpreter mistypes a comparison of
+    # scalars, and broadcasting that into a block fails.
+    row_max = tl.zeros([BLOCK], dtype=tl.float64) + tl.max(tl.where(lw != lw, float("inf"), lw), axis=0)
+    row_ok = (row_max > float("-inf")) & (row_max < float("inf"))
+    kept = (lw > float("-inf")) & row_ok
+    scaled = tl.where(kept, tl.exp(tl.where(kept, lw, 0.0) - tl.where(kept, row_max, 0.0)), 0.0)
+    q = (scaled * fixed_point_scale).to(tl.int64)
+    return q, tl.maximum(tl.sum(q, axis=0), 1), row_ok
+
+
 @triton.jit(do_not_specialize=["n", "stride_lb", "stride_ln", "stride_ub", "stride_un", "stride_ab"])
 def _resample_ancestors_kernel(
     log_weights_ptr,  # [B, N] any float dtype
@@ -80,17 +99,9 @@ def _resample_ancestors_kernel(
     scratch = ancestors_ptr + row * stride_ab
 
     # 1. Max-shift, exp, fixed-point weights, exact integer scan.
-    lw = tl.load(log_weights_ptr + row * stride_lb + slot * stride_ln, mask=in_row, other=float("-inf"))
-    lw = lw.to(tl.float64)
-    # A NaN counts as +inf for the max (GPU max reductions drop NaN), so one max flags bad rows: all -inf,
-    # any NaN or +inf. Row-wide flags stay [BLOCK] tensors: the 3.9 interpreter mistypes a comparison of
-    # scalars, and broadcasting that into a block fails.
-    row_max = tl.zeros([BLOCK], dtype=tl.float64) + tl.max(tl.where(lw != lw, float("inf"), lw), axis=0)
-    row_ok = (row_max > float("-inf")) & (row_max < float("inf"))
-    kept = (lw > float("-inf")) & row_ok
-    scaled = tl.where(kept, tl.exp(tl.where(kept, lw, 0.0) - tl.where(kept, row_max, 0.0)), 0.0)
-    q = (scaled * fixed_point_scale).to(tl.int64)
-    total = tl.maximum(tl.sum(q, axis=0), 1)
+    q, total, row_ok = _fixed_point_weights(
+        log_weights_ptr, row, slot, in_row, stride_lb, stride_ln, fixed_point_scale, BLOCK
+    )
     u = tl.load(uniforms_ptr + row * stride_ub + slot * stride_un, mask=in_row, other=0.0).to(tl.float64)
 
     # 2-3. Positions -> targets -> drawn particle per slot, then offspring counts (a histogram).
@@ -256,15 +267,10 @@ def _resample_fused_kernel(
     slot = tl.arange(0, BLOCK_N)
     in_row = slot < n
 
-    # 1. The fixed-point weights of `_resample_ancestors_kernel`, op for op.
-    lw = tl.load(log_weights_ptr + row * stride_lb + slot * stride_ln, mask=in_row, other=float("-inf"))
-    lw = lw.to(tl.float64)
-    row_max = tl.zeros([BLOCK_N], dtype=tl.float64) + tl.max(tl.where(lw != lw, float("inf"), lw), axis=0)
-    row_ok = (row_max > float("-inf")) & (row_max < float("inf"))
-    kept = (lw > float("-inf")) & row_ok
-    scaled = tl.where(kept, tl.exp(tl.where(kept, lw, 0.0) - tl.where(kept, row_max, 0.0)), 0.0)
-    q = (scaled * fixed_point_scale).to(tl.int64)
-    total = tl.maximum(tl.sum(q, axis=0), 1)
+    # 1. The fixed-point weights of `_resample_ancestors_kernel`, by the same function.
+    q, total, row_ok = _fixed_point_weights(
+        log_weights_ptr, row, slot, in_row, stride_lb, stride_ln, fixed_point_scale, BLOCK_N
+    )
     u = tl.load(uniforms_ptr + row * stride_ub + slot * stride_un, mask=in_row, other=0.0).to(tl.float64)
 
     # 2. Draws and offspring counts, searches and histogram in registers.
