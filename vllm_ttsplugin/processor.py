@@ -26,7 +26,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +84,22 @@ STR_SPEC_DECODE = (
 # the tokenizer-free checks run at admission; the engine resolves the request again and, if that fails, leaves it
 # uncontrolled with a warning rather than failing the step.
 _NOT_FOUND = object()
+# Set by `admission_tokenizer` for frontends that validate outside vLLM's InputProcessor.
+_ADMISSION_VOCAB: ContextVar[TokenizerVocab | None] = ContextVar("ttsplugin_admission_vocab", default=None)
+
+
+@contextmanager
+def admission_tokenizer(tokenizer: Any, vocab_size: int | None = None) -> Iterator[None]:
+    """Validate the requests admitted inside this block against `tokenizer` (and `vocab_size` logits).
+
+    For code that validates requests outside vLLM's `InputProcessor`: the server middleware, which rejects bad
+    `tts_*` keys of a streaming request before its stream starts, and tests.
+    """
+    token = _ADMISSION_VOCAB.set(vocab_for(tokenizer, vocab_size))
+    try:
+        yield
+    finally:
+        _ADMISSION_VOCAB.reset(token)
 
 
 def _input_processor_class():
@@ -96,6 +114,9 @@ def admission_vocab(max_depth: int = 12) -> TokenizerVocab | None | object:
     when this is not an admission path we know (the tokenizer checks then happen engine-side, where a failure
     leaves the request untouched with a warning instead of rejecting it).
     """
+    override = _ADMISSION_VOCAB.get()
+    if override is not None:
+        return override
     cls = _input_processor_class()
     if cls is not None:
         frame = sys._getframe(1)
@@ -208,6 +229,8 @@ class _V1Adapter:
         self.requests: list[list[object | None] | None] = [None] * self.num_slots
         self.observed = np.zeros(self.num_slots, dtype=np.int64)
         self.handled = np.zeros(self.num_slots, dtype=bool)
+        # [num_slots] admitted without its state while holding output: its tokens are replayed (inferred).
+        self.replay = np.zeros(self.num_slots, dtype=bool)
         self._slots_np: np.ndarray | None = None  # handled slots (host), rebuilt when membership changes
         self._slots_list: list[int] = []
         # id(output list) -> (list, observed, snapshots, parsed requests, prompt): preempted/unscheduled requests.
@@ -217,25 +240,26 @@ class _V1Adapter:
     def _leave(self, slot: int, stash: bool) -> None:
         if not self.handled[slot]:
             return
-        out = self.lists[slot]
-        if stash and out is not None:
-            snaps = [comp.snapshot(slot) for comp in self.components]
-            self._stash[id(out)] = (
-                out,
-                int(self.observed[slot]),
-                snaps,
-                self.requests[slot],
-                self.prompts[slot],
-            )
-            while len(self._stash) > 2 * self.num_slots:
-                self._stash.popitem(last=False)
+        if stash:
+            self._stash_slot(slot)
         for comp in self.components:
             comp.release([slot])
         self.handled[slot] = False
+        self.replay[slot] = False
         self.lists[slot] = None
         self.prompts[slot] = None
         self.requests[slot] = None
         self._slots_np = None
+
+    def _stash_slot(self, slot: int) -> None:
+        """Keep the state of the request in `slot` (it is leaving, maybe to be resumed later)."""
+        out = self.lists[slot]
+        if out is None:
+            return
+        snaps = [comp.snapshot(slot) for comp in self.components]
+        self._stash[id(out)] = (out, int(self.observed[slot]), snaps, self.requests[slot], self.prompts[slot])
+        while len(self._stash) > 2 * self.num_slots:
+            self._stash.popitem(last=False)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is None:
@@ -260,6 +284,7 @@ class _V1Adapter:
             if any(r is not None for r in requests):
                 admit.append((slot, requests, prompt_ids))
                 self._occupy(slot, output_ids, prompt_ids, requests, 0)
+                self.replay[slot] = len(output_ids) > 0  # resumed without its state: replay its tokens
         self._admit(admit)
         if batch_update.moved:
             self._move(batch_update.moved)
@@ -270,6 +295,7 @@ class _V1Adapter:
         self.requests[slot] = requests
         self.observed[slot] = observed
         self.handled[slot] = True
+        self.replay[slot] = False
         self._slots_np = None
 
     def _admit(self, admit: list[tuple[int, list[object | None], Any]]) -> None:
@@ -291,6 +317,10 @@ class _V1Adapter:
             if direction == MoveDirectionality.SWAP:
                 source[a], source[b] = source[b], source[a]
             else:
+                if a != b and source[b] >= 0 and self.handled[source[b]]:
+                    # Condensing moved another request onto this one: it left the batch without being listed
+                    # in `removed` (finished, or preempted/unscheduled and coming back): keep its state.
+                    self._stash_slot(int(source[b]))
                 source[b] = source[a]
                 source[a] = -1
         for comp in self.components:
@@ -299,6 +329,7 @@ class _V1Adapter:
         src = np.where(empty, np.arange(self.num_slots), source)
         self.observed = self.observed[src]
         self.handled = self.handled[src] & ~empty
+        self.replay = self.replay[src] & ~empty
         for name in ("lists", "prompts", "requests"):
             old = getattr(self, name)
             setattr(self, name, [None if empty[i] else old[src[i]] for i in range(self.num_slots)])
@@ -314,10 +345,15 @@ class _V1Adapter:
             return logits
         lists = self.lists
         lengths = [len(lists[s]) for s in slots_list]
-        new = np.array(lengths, dtype=np.int64) - self.observed[slots_np]
-        if ((new != 0) & (new != 1)).any():
-            self._catch_up(slots_np, np.array(lengths, dtype=np.int64), new)
-            new = np.array(lengths, dtype=np.int64) - self.observed[slots_np]
+        length_np = np.array(lengths, dtype=np.int64)
+        new = length_np - self.observed[slots_np]
+        # Tokens whose decisions this state did not record: more than one new token, a truncated list, or any
+        # token of a request admitted without its state (`replay`); only those slots are replayed.
+        stale = (new < 0) | (new > 1) | (self.replay[slots_np] & (new > 0))
+        if stale.any():
+            self._catch_up(slots_np[stale], length_np[stale], new[stale])
+            new = length_np - self.observed[slots_np]
+        self.replay[slots_np] = False
         tokens = [lists[s][-1] if n == 1 else -1 for s, n in zip(slots_list, new.tolist(), strict=True)]
         # One host->device copy per step: slots, tokens, output lengths.
         packed = torch.from_numpy(np.array([slots_list, tokens, lengths], dtype=np.int64))
@@ -334,7 +370,8 @@ class _V1Adapter:
         return logits
 
     def _catch_up(self, slots_np: np.ndarray, lengths: np.ndarray, new: np.ndarray) -> None:
-        """Replay tokens the state has not seen (a request re-added with output), or restart after truncation."""
+        """Replay the tokens `slots_np` generated that the state has not seen (a request re-added with output),
+        or restart them after a truncation."""
         restart = slots_np[new < 0]
         for slot in restart:  # vLLM dropped output tokens (e.g. a failed KV load): rebuild from the prompt
             requests, prompt = self.requests[slot], self.prompts[slot]
