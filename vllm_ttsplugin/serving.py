@@ -32,6 +32,7 @@ from typing import Any
 
 from vllm_ttsplugin.config import KEY_PREFIX, ThinkingConfig
 from vllm_ttsplugin.ffs import (
+    FFS_MARKER_TEXT,
     FIRST_FINISH_KEY,
     FIRST_FINISH_STATUS,
     GROUP_KEY,
@@ -291,6 +292,7 @@ class _ResponseView:
             if stopped:
                 report[FIRST_FINISH_STATUS] = "stopped"
                 choice["finish_reason"] = STOPPED_FINISH_REASON
+                _strip_marker(choice)  # only there with include_stop_str_in_output
             elif choice.get("finish_reason") == "stop":
                 report[FIRST_FINISH_STATUS] = "winner"
             else:
@@ -305,6 +307,21 @@ class _ResponseView:
         if not self.keep_token_ids:
             choice.pop("token_ids", None)
             choice.pop("prompt_token_ids", None)
+
+
+def _strip_marker(choice: dict) -> None:
+    """Drop the marker character ending a stopped sample's text (completions, chat message or stream delta)."""
+    for holder, key in (
+        (choice, "text"),
+        (choice.get("message"), "content"),
+        (choice.get("delta"), "content"),
+    ):
+        if (
+            isinstance(holder, dict)
+            and isinstance(holder.get(key), str)
+            and holder[key].endswith(FFS_MARKER_TEXT)
+        ):
+            holder[key] = holder[key][: -len(FFS_MARKER_TEXT)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
