@@ -356,42 +356,11 @@ class CLIPReward(Reward):
         return (self.scale * similarity).to(images.device)
 
 
-BUILTIN_REWARDS: dict[str, Callable[..., Reward]] = {
-    "jpeg": JPEGCompressibility,
-    "brightness": BrightnessReward,
-    "darkness": lambda: BrightnessReward(target=0.0),
-    "red": lambda: ColorReward((1.0, 0.0, 0.0)),
-    "green": lambda: ColorReward((0.0, 1.0, 0.0)),
-    "blue": lambda: ColorReward((0.0, 0.0, 1.0)),
-}
-
-
 def reward_from_spec(spec: str, device: str | torch.device | None = None) -> RewardFn:
-    """Build a reward from a short text spec (what the CLI's `--reward` takes).
-
-    Accepted: "jpeg", "brightness", "darkness", "brightness:0.3" (a target), "red" / "green" / "blue",
-    "color:R,G,B" (values in [0, 1]), "clip:/path/to/local/clip" and "module:attribute" (a callable, or a class
-    instantiated without arguments, importable from your environment).
+    """Build a reward from a short text spec (what the CLI's `--reward` takes): `NAME`, `NAME:ARG` or
+    `module:attribute`. The names come from the reward registry (entry-point group `ttsplugin.rewards`); see
+    [`diffusers_ttsplugin.reward_registry.load_reward`].
     """
-    spec = spec.strip()
-    name, _, arg = spec.partition(":")
-    if name in BUILTIN_REWARDS and not arg:
-        return BUILTIN_REWARDS[name]()
-    if name == "brightness" and arg:
-        return BrightnessReward(target=float(arg))
-    if name == "jpeg" and arg:
-        return JPEGCompressibility(quality=int(arg))
-    if name in ("color", "colour") and arg:
-        return ColorReward(tuple(float(v) for v in arg.split(",")))
-    if name == "clip" and arg:
-        return CLIPReward(arg, device=device)
-    if arg and name and name not in (*BUILTIN_REWARDS, "color", "colour", "clip"):
-        import importlib
+    from .reward_registry import load_reward
 
-        try:
-            obj = getattr(importlib.import_module(name), arg)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"cannot import reward {spec!r}: {err}") from err
-        return obj() if isinstance(obj, type) else obj
-    known = ", ".join([*BUILTIN_REWARDS, "brightness:T", "color:R,G,B", "clip:PATH", "module:attr"])
-    raise ValueError(f"unknown reward {spec!r}; choose one of {known}")
+    return load_reward(spec, device=device)

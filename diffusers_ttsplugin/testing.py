@@ -202,3 +202,43 @@ def build_tiny_sd3_pipeline(seed: int = 0):
             ),
         )
     return _finish(pipe)
+
+
+def save_tiny_clip(path, *, seed: int = 0, image_size: int = 30, projection_dim: int = 16):
+    """Save a tiny random `transformers.CLIPModel` with its tokenizer and image processor to `path`.
+
+    What `CLIPReward`, `PickScoreReward` and `AestheticReward` load from a folder: `save_pretrained` of the model,
+    a byte-level CLIP tokenizer built in code and a `CLIPImageProcessor` (shortest side to `image_size`, centre
+    crop). Returns the model (eval mode).
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    text = dict(
+        vocab_size=1000,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=1,
+    )
+    vision = dict(
+        image_size=image_size,
+        patch_size=6,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
+    model.eval().save_pretrained(path)
+    build_tiny_clip_tokenizer().save_pretrained(path)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor.save_pretrained(path)
+    return model

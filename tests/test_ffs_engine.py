@@ -37,6 +37,7 @@ def ffs_llm(tiny_model_dir):
         str(tiny_model_dir),
         seed=0,
         logits_processors=[TTSLogitsProcessor],
+        dtype="float32",  # bf16 results differ between CPUs (AVX512-BF16 or not); float32 keeps them fixed
         **small_engine_kwargs(max_model_len=512),
     )
     yield llm

@@ -129,7 +129,7 @@ def test_reward_specs():
     assert reward_from_spec("color:0,1,0").color == (0.0, 1.0, 0.0)
     assert reward_from_spec("diffusers_ttsplugin.rewards:BrightnessReward").target is None
     with pytest.raises(ValueError, match="unknown reward"):
-        reward_from_spec("aesthetic")
+        reward_from_spec("no_such_reward")
     with pytest.raises(ValueError, match="cannot import"):
         reward_from_spec("no_such_module_xyz:thing")
 
@@ -137,38 +137,10 @@ def test_reward_specs():
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     """A tiny random CLIP built in code, saved with save_pretrained (model + tokenizer + image processor)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from diffusers_ttsplugin.testing import save_tiny_clip
 
-    from diffusers_ttsplugin.testing import build_tiny_clip_tokenizer
-
-    text = dict(
-        vocab_size=1000,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=1,
-    )
-    vision = dict(
-        image_size=30,
-        patch_size=6,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-    )
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
     path = tmp_path_factory.mktemp("tiny-clip")
-    model.save_pretrained(path)
-    build_tiny_clip_tokenizer().save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}).save_pretrained(
-        path
-    )
-    return path, model
+    return path, save_tiny_clip(path, seed=0)
 
 
 def test_clip_reward_from_a_local_folder(tiny_clip_dir):

@@ -39,8 +39,10 @@ def add_search_parser(subparsers) -> None:
     p.add_argument(
         "--reward",
         default="jpeg",
-        help="reward: jpeg | brightness | brightness:T | darkness | red | green | blue | color:R,G,B | "
-        "clip:/local/clip/folder | module:attribute (default: jpeg, DDPO's compressibility)",
+        help="reward as NAME or NAME:ARG, from the reward registry (entry-point group ttsplugin.rewards; "
+        f"installed now: {_reward_names()}), e.g. jpeg:80, brightness:0.3, color:R,G,B, clip:FOLDER, "
+        "pickscore:FOLDER, aesthetic:FOLDER, hpsv2:CHECKPOINT; or module:attribute for a factory of your own "
+        "(default: jpeg, DDPO's compressibility)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     p.add_argument(
@@ -125,6 +127,12 @@ def add_search_parser(subparsers) -> None:
     p.set_defaults(func=run_search_command)
 
 
+def _reward_names() -> str:
+    from diffusers_ttsplugin.reward_registry import available_rewards
+
+    return ", ".join(available_rewards()) or "none (is ttsplugin installed?)"
+
+
 def _knobs(args: argparse.Namespace) -> dict:
     knobs = {
         "num_particles": args.particles,
@@ -149,6 +157,11 @@ def run_search_command(args: argparse.Namespace) -> int:
     from diffusers_ttsplugin.search import plot_reward_vs_nfe
 
     prompts = args.prompt or ["a photo of a red apple"]
+    try:
+        reward = reward_from_spec(args.reward, device=args.device)
+    except (ValueError, TypeError, ImportError, OSError) as err:
+        print(f"error: --reward {args.reward}: {err}")
+        return 2
     options = {}
     if args.pipeline:
         from diffusers import DiffusionPipeline
@@ -175,7 +188,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     try:
         scaler = InferenceScaler(
             pipe,
-            reward_from_spec(args.reward, device=args.device),
+            reward,
             method=args.method,
             nfe_budget=args.nfe,
             num_steps=args.steps,
