@@ -231,6 +231,7 @@ class _V1Adapter:
         self.handled = np.zeros(self.num_slots, dtype=bool)
         # [num_slots] admitted without its state while holding output: its tokens are replayed (inferred).
         self.replay = np.zeros(self.num_slots, dtype=bool)
+        self._replaying = False
         self._slots_np: np.ndarray | None = None  # handled slots (host), rebuilt when membership changes
         self._slots_list: list[int] = []
         # id(output list) -> (list, observed, snapshots, parsed requests, prompt): preempted/unscheduled requests.
@@ -284,7 +285,8 @@ class _V1Adapter:
             if any(r is not None for r in requests):
                 admit.append((slot, requests, prompt_ids))
                 self._occupy(slot, output_ids, prompt_ids, requests, 0)
-                self.replay[slot] = len(output_ids) > 0  # resumed without its state: replay its tokens
+                if output_ids:  # resumed without its state: replay its tokens
+                    self.replay[slot] = self._replaying = True
         self._admit(admit)
         if batch_update.moved:
             self._move(batch_update.moved)
@@ -349,11 +351,16 @@ class _V1Adapter:
         new = length_np - self.observed[slots_np]
         # Tokens whose decisions this state did not record: more than one new token, a truncated list, or any
         # token of a request admitted without its state (`replay`); only those slots are replayed.
-        stale = (new < 0) | (new > 1) | (self.replay[slots_np] & (new > 0))
+        stale = (new < 0) | (new > 1)
+        replaying = self._replaying  # host flag: the per-slot mask is only read while some slot needs it
+        if replaying:
+            stale |= self.replay[slots_np] & (new > 0)
         if stale.any():
             self._catch_up(slots_np[stale], length_np[stale], new[stale])
             new = length_np - self.observed[slots_np]
-        self.replay[slots_np] = False
+        if replaying:
+            self.replay[slots_np] = False
+            self._replaying = bool(self.replay.any())
         tokens = [lists[s][-1] if n == 1 else -1 for s, n in zip(slots_list, new.tolist(), strict=True)]
         # One host->device copy per step: slots, tokens, output lengths.
         packed = torch.from_numpy(np.array([slots_list, tokens, lengths], dtype=np.int64))
