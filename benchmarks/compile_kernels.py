@@ -38,8 +38,8 @@ def import_kernels():
 
 def cases():
     """(kernel, signature, constexprs, num_warps, args divisible by 16) for the specialisations that matter."""
+    from ttsplugin_kernels import affine_step_triton as affine
     from ttsplugin_kernels import resample_triton as rt
-    from ttsplugin_kernels import sde_step_triton as sde_step
 
     ancestors_sig = {
         "log_weights_ptr": "*bf16", "uniforms_ptr": "*fp64", "rows_ptr": "*i1", "ancestors_ptr": "*i64",
@@ -52,6 +52,20 @@ def cases():
             block, log2_block, num_warps = rt._row_block(n)
             constants = {"SCHEME": scheme, "HAS_ROWS": True, "BLOCK": block, "LOG2_BLOCK": log2_block}
             yield rt._resample_ancestors_kernel, ancestors_sig, constants, num_warps, []
+    fused_sig = {
+        "log_weights_ptr": "*fp64", "uniforms_ptr": "*fp64", "rows_ptr": "*i1", "x_ptr": "*bf16", "out_ptr": "*bf16",
+        "ancestors_ptr": "*i64", "n": "i32", "d": "i32", "num_d_blocks": "i32", "stride_lb": "i32",
+        "stride_ln": "i32", "stride_ub": "i32", "stride_un": "i32", "stride_xb": "i64", "stride_xn": "i32",
+        "stride_ob": "i64", "stride_on": "i32", "stride_ab": "i32", "fixed_point_scale": "fp64",
+        "SCHEME": "constexpr", "HAS_ROWS": "constexpr", "IN_PLACE": "constexpr", "BLOCK_N": "constexpr",
+        "BLOCK_D": "constexpr",
+    }  # fmt: skip
+    for scheme in range(len(rt.SCHEMES)):
+        for n, in_place in ((4, False), (64, True)):
+            block_n, block_d = rt.fused_launch_config(n, 262_144)
+            constants = {"SCHEME": scheme, "HAS_ROWS": in_place, "IN_PLACE": in_place, "BLOCK_N": block_n,
+                         "BLOCK_D": block_d}  # fmt: skip
+            yield rt._resample_fused_kernel, fused_sig, constants, 4, ["x_ptr", "out_ptr"]
     gather_sig = {
         "x_ptr": "*bf16", "ancestors_ptr": "*i64", "out_ptr": "*bf16", "n_in": "i32", "n_out": "i32", "d": "i32",
         "num_slots": "i32", "stride_xb": "i64", "stride_xn": "i32", "stride_ab": "i32", "stride_an": "i32",
@@ -79,20 +93,21 @@ def cases():
     block, _, num_warps = rt._row_block(1000)
     constants = {"WRITE_WEIGHTS": True, "WRITE_ESS": True, "BLOCK": block}
     yield rt._normalized_weights_kernel, weights_sig, constants, num_warps, []
-    sde_sig = {
-        "x_ptr": "*bf16", "velocity_ptr": "*bf16", "noise_ptr": "*bf16", "out_ptr": "*bf16", "n": "i32",
-        "coef_x": "fp32", "coef_velocity": "fp32", "coef_noise": "fp32", "seed": "i32",
-        "HAS_NOISE": "constexpr", "BLOCK": "constexpr",
+    affine_sig = {
+        "x_ptr": "*bf16", "velocity_ptr": "*bf16", "noise_ptr": "*bf16", "out_ptr": "*bf16", "coef_ptr": "*fp32",
+        "n": "i32", "row_size": "i32", "num_rows": "i32", "coef_x": "fp32", "coef_velocity": "fp32",
+        "coef_noise": "fp32", "seed": "i32", "HAS_NOISE": "constexpr", "ROW_COEFS": "constexpr", "BLOCK": "constexpr",
     }  # fmt: skip
     for has_noise in (True, False):
-        constants = {"HAS_NOISE": has_noise, "BLOCK": sde_step._BLOCK}
-        yield (
-            sde_step._sde_step_kernel,
-            sde_sig,
-            constants,
-            4,
-            ["x_ptr", "velocity_ptr", "noise_ptr", "out_ptr"],
-        )
+        for row_coefs in (False, True):
+            constants = {"HAS_NOISE": has_noise, "ROW_COEFS": row_coefs, "BLOCK": affine._BLOCK}
+            yield (
+                affine._affine_step_kernel,
+                affine_sig,
+                constants,
+                4,
+                ["x_ptr", "velocity_ptr", "noise_ptr", "out_ptr"],
+            )
 
 
 def main(argv=None) -> int:

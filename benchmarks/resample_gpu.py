@@ -6,15 +6,19 @@ On a GPU (the real run, ~1 minute on an H200):
 
 Sections (each printed as a table and written to <out-dir>/resample_gpu.json and one CSV per section):
   1. resample: B in {1, 8}, N in {4, 16, 64, 256}, 262,144 bf16 values per particle (a FLUX latent at 1024^2),
-     systematic, log weights ~ N(0, 1). Providers: torch softmax + multinomial + index gather (the baseline),
-     ours out of place, ours in place with preallocated buffers (what a sampler loop runs), ours with input
-     validation (one host sync), and a device-to-device copy of the same bytes. Effective bandwidth counts
-     the bytes actually read and written (in place: only the particles that move, averaged over 32 draws).
-     Targets: >= 4x the baseline; >= 80 % of copy bandwidth at the large sizes (>= 64 MiB of particles).
+     and B in {1, 8}, N in {4, 64, 256} of 4,096 values (all launch-bound), systematic, log weights ~ N(0, 1).
+     Providers: torch softmax + multinomial + index gather (the baseline), ours out of place, ours in place with
+     preallocated buffers (what a sampler loop runs), ours with input validation (one host sync), each launch
+     path forced (the one-launch fused kernel, the ancestor kernel + gather), and a device-to-device copy of the
+     same bytes. Effective bandwidth counts the bytes actually read and written (in place: only the particles
+     that move, averaged over 32 draws). Targets: >= 4x the baseline; >= 80 % of copy bandwidth at the large
+     sizes (>= 64 MiB of particles); and the speed check: never slower than the baseline (out of place and in
+     place) at any size, printed as a table and a PASS/FAIL line; the exit status is 3 when it fails.
   2. ancestors: the ancestor kernel alone per scheme vs softmax + torch.multinomial.
   3. gather_configs: gather launch configurations at the largest size (to tune the defaults).
-  4. sde_step: fused SDE step (kernels/sde_step_triton.py) vs the torch expression, with noise drawn by torch or
-     in the kernel, for 1, 64 and 512 particles of 262,144 bf16 values. Prints whether fusing pays.
+  4. affine_step: the fused sampler step (kernels/affine_step_triton.py) on the linear-interpolant SDE step vs the
+     unfused torch expression and vs `affine_step_reference` (the CPU path), with noise drawn by torch or in the
+     kernel, for 1, 64 and 512 particles of 262,144 bf16 values. Prints whether fusing pays.
   5. graphs: sizes <= 16 MiB replayed from a CUDA graph (GPU time without Python launch overhead), last.
 
 Timing: triton.testing.do_bench (CUDA events, L2 flushed between reps) quantiles p50/p20/p80 in ms.
@@ -44,6 +48,7 @@ FLUX_STEP_MS = 170.0  # one FLUX-12B transformer step at 1024^2 per image on an 
 SPEEDUP_TARGET = 4.0
 BANDWIDTH_TARGET = 0.80
 LARGE_BYTES = 64 * 2**20
+SPEED_CHECK_FAILED = 3  # exit status when the kernels were right but slower than torch somewhere
 
 
 def import_kernels():
@@ -132,8 +137,8 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def bench_resample(tk, torch, bench: Bench, sizes, features: int, device: str) -> list[dict]:
-    return [resample_case(tk, torch, bench, b, n, features, device) for b, n in sizes]
+def bench_resample(tk, torch, bench: Bench, sizes, device: str) -> list[dict]:
+    return [resample_case(tk, torch, bench, b, n, d, device) for b, n, d in sizes]
 
 
 def resample_case(tk, torch, bench: Bench, batch_size: int, num_particles: int, features: int, device: str):
@@ -144,20 +149,24 @@ def resample_case(tk, torch, bench: Bench, batch_size: int, num_particles: int, 
     batch_index = torch.arange(batch_size, device=device)[:, None]
     particle_bytes = x.numel() * x.element_size()
 
-    # Correctness first: a wrong kernel must fail the run, not produce a fast number.
+    # Correctness first: a wrong kernel must fail the run, not produce a fast number (both launch paths).
+    from ttsplugin_kernels.resample import FUSED_MAX_PARTICLES, _resample
+
     u = tk.draw_uniforms(batch_size, num_particles, "systematic", g)
-    got, ancestors = tk.resample(x, lw, uniforms=u, backend="triton")
     expected, expected_ancestors = tk.resample(x, lw, uniforms=u, backend="torch")
-    if not (torch.equal(ancestors, expected_ancestors) and torch.equal(got, expected)):
-        raise AssertionError(
-            f"Triton resample differs from the reference at B={batch_size}, N={num_particles}"
-        )
-    work = x.clone()
-    tk.resample(work, lw, uniforms=u, out=work, backend="triton")
-    if not torch.equal(work, expected):
-        raise AssertionError(
-            f"in-place resample differs from the reference at B={batch_size}, N={num_particles}"
-        )
+    paths = ["auto", "two_pass"] + (["fused"] if num_particles <= FUSED_MAX_PARTICLES else [])
+    for path in paths:
+        got, ancestors = _resample(x, lw, u, "systematic", None, None, None, False, "triton", path)
+        work = x.clone()
+        _resample(work, lw, u, "systematic", None, work, None, True, "triton", path)
+        if not (torch.equal(ancestors, expected_ancestors) and torch.equal(got, expected)):
+            raise AssertionError(
+                f"Triton resample ({path}) differs from the reference at B={batch_size}, N={num_particles}"
+            )
+        if not torch.equal(work, expected):
+            raise AssertionError(
+                f"in-place resample ({path}) differs from the reference at B={batch_size}, N={num_particles}"
+            )
 
     slots = torch.arange(num_particles, device=device)
     draws = 32 if device == "cuda" else 2
@@ -192,29 +201,47 @@ def resample_case(tk, torch, bench: Bench, batch_size: int, num_particles: int, 
     def ours_checked():
         return tk.resample(x, lw, "systematic", g, out=out_buffer, backend="triton", validate=True)
 
+    def forced(path):  # one launch path, as `resample(validate=False)` runs it (uniforms drawn per call)
+        def run():
+            uniforms = tk.draw_uniforms(batch_size, num_particles, "systematic", g)
+            return _resample(x, lw, uniforms, "systematic", None, None, None, False, "triton", path)
+
+        return run
+
     def copy():
         return out_buffer.copy_(x)
 
-    times = {name: bench(fn) for name, fn in [
+    cases = [
         ("torch", torch_baseline), ("ours", ours), ("ours_in_place", ours_in_place),
-        ("ours_checked", ours_checked), ("copy", copy),
-    ]}  # fmt: skip
+        ("ours_checked", ours_checked), ("copy", copy), ("two_pass", forced("two_pass")),
+    ] + ([("fused", forced("fused"))] if "fused" in paths else [])  # fmt: skip
+    times = {name: bench(fn) for name, fn in cases}
+    from ttsplugin_kernels.resample import FUSED_MAX_BYTES
+
+    fused_auto = num_particles <= FUSED_MAX_PARTICLES and particle_bytes <= FUSED_MAX_BYTES
     copy_bw = gbps(2 * particle_bytes, times["copy"][0])
     bw = gbps(2 * particle_bytes, times["ours"][0])
     bw_in_place = gbps(2 * particle_bytes * moved / (batch_size * num_particles), times["ours_in_place"][0])
     large = particle_bytes >= LARGE_BYTES
     best_speedup = times["torch"][0] / min(times["ours"][0], times["ours_in_place"][0])
+    speedup = times["torch"][0] / times["ours"][0]
+    speedup_in_place = times["torch"][0] / times["ours_in_place"][0]
     row = {
         "B": batch_size,
         "N": num_particles,
+        "D": features,
         "MiB": particle_bytes / 2**20,
+        "path": "fused" if fused_auto else "two_pass",
         "torch_ms": times["torch"][0],
         "ours_ms": times["ours"][0],
         "in_place_ms": times["ours_in_place"][0],
         "checked_ms": times["ours_checked"][0],
         "copy_ms": times["copy"][0],
-        "speedup": times["torch"][0] / times["ours"][0],
-        "speedup_in_place": times["torch"][0] / times["ours_in_place"][0],
+        "fused_ms": times["fused"][0] if "fused" in times else None,
+        "two_pass_ms": times["two_pass"][0],
+        "speedup": speedup,
+        "speedup_in_place": speedup_in_place,
+        "never_slower": "PASS" if min(speedup, speedup_in_place) >= 1.0 else "FAIL",
         "moved_frac": moved / (batch_size * num_particles),
         "GBps": bw,
         "GBps_in_place": bw_in_place,
@@ -283,39 +310,55 @@ def bench_gather_configs(tk, torch, bench: Bench, batch_size: int, num_particles
     return rows
 
 
-def bench_sde_step(torch, bench: Bench, particle_counts, features: int, device: str) -> list[dict]:
+def bench_affine_step(torch, bench: Bench, particle_counts, features: int, device: str) -> list[dict]:
+    return [affine_step_case(torch, bench, particles, features, device) for particles in particle_counts]
 
-    return [sde_step_case(torch, bench, particles, features, device) for particles in particle_counts]
+
+def _linear_sde_coefficients(t: float, dt: float, g: float) -> tuple[float, float, float]:
+    half_g2_over_t = 0.5 * g * g / t
+    return 1.0 - dt * half_g2_over_t, -dt * (1.0 + half_g2_over_t * (1.0 - t)), g * math.sqrt(dt)
 
 
-def sde_step_case(torch, bench: Bench, particles: int, features: int, device: str) -> dict:
-    from ttsplugin_kernels.sde_step_triton import sde_step_reference, sde_step_triton
+def affine_step_case(torch, bench: Bench, particles: int, features: int, device: str) -> dict:
+    """The linear-interpolant reverse-SDE step as the fused kernel vs two torch baselines: the unfused expression a
+    scheduler would write (score, drift, Euler–Maruyama: ~8 passes) and `affine_step_reference` (3 passes, what
+    the CPU path runs)."""
+    from ttsplugin_kernels.affine_step import affine_step_reference
+    from ttsplugin_kernels.affine_step_triton import affine_step_triton
 
     t, dt = 0.5, 0.1
     diffusion = 3 * t**2
+    a, b, c = _linear_sde_coefficients(t, dt, diffusion)
     g = torch.Generator(device).manual_seed(3)
     x = torch.randn(particles, features, device=device, generator=g).to(torch.bfloat16)
     u = torch.randn(particles, features, device=device, generator=g).to(torch.bfloat16)
     noise = torch.randn(particles, features, device=device, generator=g).to(torch.bfloat16)
-    expected = sde_step_reference(x, u, t, dt, diffusion, noise)
-    got = sde_step_triton(x, u, t, dt, diffusion, noise=noise)
-    if not torch.allclose(got.float(), expected.float(), atol=0.05, rtol=0.02):
-        raise AssertionError(f"fused SDE step differs from the torch expression at {particles} particles")
 
-    def torch_with_noise():  # what a scheduler runs: draw the noise, then the expression
-        return sde_step_reference(x, u, t, dt, diffusion, torch.randn(x.shape, device=device, dtype=x.dtype))
+    def unfused(eps):
+        x32, u32 = x.float(), u.float()
+        drift = u32 - 0.5 * diffusion**2 * (-(x32 + (1.0 - t) * u32) / t)
+        return (x32 - drift * dt + diffusion * math.sqrt(dt) * eps.float()).to(x.dtype)
+
+    expected = unfused(noise)
+    got = affine_step_triton(x, u, a, b, c, noise=noise)
+    if not torch.allclose(got.float(), expected.float(), atol=0.05, rtol=0.02):
+        raise AssertionError(f"fused affine step differs from the torch expression at {particles} particles")
 
     times = {
-        "torch_ms": bench(torch_with_noise)[0],
-        "torch_noise_given_ms": bench(lambda: sde_step_reference(x, u, t, dt, diffusion, noise))[0],
-        "fused_noise_given_ms": bench(lambda: sde_step_triton(x, u, t, dt, diffusion, noise=noise))[0],
-        "fused_philox_ms": bench(lambda: sde_step_triton(x, u, t, dt, diffusion, seed=7))[0],
+        "torch_ms": bench(lambda: unfused(torch.randn(x.shape, device=device, dtype=x.dtype)))[0],
+        "reference_ms": bench(
+            lambda: affine_step_reference(x, u, a, b, c, torch.randn(x.shape, device=device, dtype=x.dtype))
+        )[0],
+        "torch_noise_given_ms": bench(lambda: unfused(noise))[0],
+        "fused_noise_given_ms": bench(lambda: affine_step_triton(x, u, a, b, c, noise=noise))[0],
+        "fused_philox_ms": bench(lambda: affine_step_triton(x, u, a, b, c, seed=7))[0],
     }
     saved_us = (times["torch_ms"] - times["fused_philox_ms"]) * 1e3 / particles
     return {
         "particles": particles,
         **times,
         "speedup_philox": times["torch_ms"] / times["fused_philox_ms"],
+        "speedup_vs_reference": times["reference_ms"] / times["fused_philox_ms"],
         "speedup_noise_given": times["torch_noise_given_ms"] / times["fused_noise_given_ms"],
         "saved_us_per_particle": saved_us,
         "saved_pct_of_flux_step": saved_us / (FLUX_STEP_MS * 1e3) * 100,
@@ -399,14 +442,13 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or pass --dry-run to check the script on the CPU")
     if args.dry_run:
-        features, sizes, big, particles = 64, [(1, 4), (2, 16)], (2, 16), [1, 4]
+        features, big, particles = 64, (2, 16), [1, 4]
+        sizes = [(1, 4, 64), (2, 16, 64), (2, 80, 3)]  # the last one takes the two-kernel path
     else:
-        features, sizes, big, particles = (
-            262_144,
-            [(b, n) for b in (1, 8) for n in (4, 16, 64, 256)],
-            (8, 256),
-            [1, 64, 512],
-        )
+        features, big, particles = 262_144, (8, 256), [1, 64, 512]
+        # FLUX latents at 1024^2 (the table of BENCHMARKS.md), then small 64x64x1 particles (all launch-bound).
+        sizes = [(b, n, features) for b in (1, 8) for n in (4, 16, 64, 256)]
+        sizes += [(b, n, 4096) for b in (1, 8) for n in (4, 64, 256)]
     bench = Bench(device, args.rep_ms)
     env = environment(torch, device)
     print(
@@ -414,16 +456,18 @@ def main(argv=None) -> int:
     )
 
     results = {"environment": env, "dry_run": args.dry_run}
-    results["resample"] = bench_resample(tk, torch, bench, sizes, features, device)
+    results["resample"] = bench_resample(tk, torch, bench, sizes, device)
     print_table(
-        f"resample (systematic, bf16, {features} values per particle): time p50 ms, speedup vs torch, bandwidth",
+        "resample (systematic, bf16, D values per particle): time p50 ms, speedup vs torch, bandwidth",
         results["resample"],
-        ["B", "N", "MiB", "torch_ms", "ours_ms", "in_place_ms", "checked_ms", "copy_ms", "speedup",
-         "speedup_in_place", "moved_frac", "pct_copy", "pct_copy_in_place", "target_speedup", "target_bandwidth"],
+        ["B", "N", "D", "MiB", "path", "torch_ms", "ours_ms", "in_place_ms", "checked_ms", "fused_ms",
+         "two_pass_ms", "copy_ms", "speedup", "speedup_in_place", "moved_frac", "pct_copy", "pct_copy_in_place",
+         "target_speedup", "target_bandwidth"],
     )  # fmt: skip
     out_dir = Path(args.out_dir)
+    results["speed_check"] = speed_check(results["resample"], args.dry_run)
     save(results, out_dir)
-    results["ancestors"] = bench_ancestors(tk, torch, bench, [sizes[0], big], device)
+    results["ancestors"] = bench_ancestors(tk, torch, bench, [sizes[0][:2], big], device)
     print_table(
         "ancestors alone: p50 ms per scheme vs softmax + torch.multinomial",
         results["ancestors"],
@@ -437,23 +481,26 @@ def main(argv=None) -> int:
         ["ROWS", "BLOCK_D", "num_warps", "default", "ms", "pct_copy"],
     )
     save(results, out_dir)
-    results["sde_step"] = bench_sde_step(torch, bench, particles, features, device)
+    results["affine_step"] = bench_affine_step(torch, bench, particles, features, device)
     print_table(
-        "fused SDE step vs torch expression: p50 ms",
-        results["sde_step"],
-        ["particles", "torch_ms", "fused_philox_ms", "speedup_philox", "torch_noise_given_ms",
-         "fused_noise_given_ms", "speedup_noise_given", "saved_us_per_particle", "saved_pct_of_flux_step"],
+        "fused affine (SDE) step vs torch: p50 ms",
+        results["affine_step"],
+        ["particles", "torch_ms", "reference_ms", "fused_philox_ms", "speedup_philox", "speedup_vs_reference",
+         "torch_noise_given_ms", "fused_noise_given_ms", "speedup_noise_given", "saved_us_per_particle",
+         "saved_pct_of_flux_step"],
     )  # fmt: skip
-    top = results["sde_step"][-1]
+    top = results["affine_step"][-1]
     verdict = "PAYS" if top["speedup_philox"] >= 2.0 else "DOES NOT PAY"
     print(
-        f"\nfused SDE step at {top['particles']} particles: {top['speedup_philox']:.2f}x the torch expression "
+        f"\nfused affine step at {top['particles']} particles: {top['speedup_philox']:.2f}x the torch expression "
         f"({verdict} against it, rule: >= 2x); it saves {top['saved_us_per_particle']:.2f} us per particle-step, "
         f"{top['saved_pct_of_flux_step']:.4f} % of a {FLUX_STEP_MS:.0f} ms FLUX step"
     )
-    results["sde_verdict"] = verdict
+    results["affine_verdict"] = verdict
     save(results, out_dir)
-    results["graphs"] = bench_graphs(tk, torch, bench, sizes, features, device)  # CPU: no graphs, None
+    results["graphs"] = bench_graphs(
+        tk, torch, bench, [(b, n) for b, n, d in sizes if d == features], features, device
+    )
     print_table(
         "small sizes replayed from a CUDA graph (no launch overhead): p50 ms",
         results["graphs"],
@@ -463,7 +510,30 @@ def main(argv=None) -> int:
     print(f"\nwrote {out_dir / 'resample_gpu.json'} and resample_gpu_<section>.csv")
     if any(not math.isfinite(r["ours_ms"]) for r in results["resample"]):
         raise SystemExit("non-finite timing")
-    return 0
+    print(results["speed_check"]["line"])
+    return SPEED_CHECK_FAILED if results["speed_check"]["verdict"] == "FAIL" else 0
+
+
+def speed_check(rows: list[dict], dry_run: bool) -> dict:
+    """Issue 13's rule: `resample` (out of place and in place, validate=False) is never slower than torch's
+    softmax + multinomial + gather, at any measured size. Printed as a table and one PASS/FAIL line."""
+    print_table(
+        "never slower than torch: speedup = torch p50 / ours p50 (>= 1 at every size)",
+        rows,
+        ["B", "N", "D", "MiB", "path", "speedup", "speedup_in_place", "never_slower"],
+    )
+    failed = [f"B={r['B']} N={r['N']} D={r['D']}" for r in rows if r["never_slower"] == "FAIL"]
+    worst = min(min(r["speedup"], r["speedup_in_place"]) for r in rows)
+    if dry_run:
+        verdict, line = "n/a", "speed check: n/a (dry run: CPU timings under the interpreter mean nothing)"
+    elif failed:
+        verdict, line = (
+            "FAIL",
+            f"speed check: FAIL (slower than torch at {', '.join(failed)}; worst {worst:.2f}x)",
+        )
+    else:
+        verdict, line = "PASS", f"speed check: PASS (>= torch at all {len(rows)} sizes; worst {worst:.2f}x)"
+    return {"verdict": verdict, "line": line, "failed": failed, "worst_speedup": worst}
 
 
 if __name__ == "__main__":

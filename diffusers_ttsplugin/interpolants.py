@@ -433,15 +433,17 @@ def reverse_sde_step(
 ) -> torch.Tensor:
     """x_{t_next} ~ N(x_t − Δ (u − ½ g² ∇log p_t), g² Δ I), Δ = t − t_next (one Euler–Maruyama step).
 
-    `t`, `t_next`, `g` may be per-sample tensors of shape [B]. `noise` defaults to a fresh N(0, I) draw.
+    `t`, `t_next`, `g` may be per-sample tensors of shape [B]. `noise` defaults to a fresh N(0, I) draw. The step
+    is [`~diffusers_ttsplugin.stepping.apply_step`] with [`sde_step_coefficients`] (float32 math, x's dtype out).
     """
+    from .stepping import apply_step
+
     c = sde_step_coefficients(t, t_next, g, interpolant)
-    out = _expand(c.sample, x) * x + _expand(c.velocity, x) * velocity
-    if noise is None:
-        if bool(torch.all(_as_tensor(c.noise) == 0)):
-            return out
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return out + _expand(c.noise, x) * noise
+    coefs = []
+    for value in (c.sample, c.velocity, c.noise):
+        value = _as_tensor(value)
+        coefs.append(float(value) if value.ndim == 0 else value.to(x.device).expand(x.shape[0]))
+    return apply_step(x, velocity, *coefs, noise=noise, generator=generator).to(x.dtype)
 
 
 def renoise(

@@ -47,7 +47,7 @@ def reward_input(reward: RewardFn) -> str:
 def check_rewards(
     values: Any, num: int, *, nonfinite: str = "raise", where: str = "", device: torch.device | None = None
 ) -> torch.Tensor:
-    """Validate what a reward returned and bring it to a float32 tensor `[num]`.
+    """Validate what a reward returned and bring it to a float64 tensor `[num]`.
 
     Args:
         values: The reward's output (tensor, numpy array, list, ...).
@@ -58,7 +58,8 @@ def check_rewards(
         device: Device of the returned tensor (defaults to the values' own, or CPU).
 
     Returns:
-        `torch.Tensor` of shape `[num]`, float32.
+        `torch.Tensor` of shape `[num]`, float64 (exact for any float input: the search compares and weights
+        rewards in float64, so candidates that differ only below float32's resolution or range never tie).
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"`nonfinite_rewards` must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
@@ -76,7 +77,7 @@ def check_rewards(
         )
     if tensor.is_complex() or tensor.dtype == torch.bool:
         raise ValueError(f"the reward must return real numbers, got dtype {tensor.dtype}{ctx}")
-    tensor = tensor.to(dtype=torch.float32, device=device if device is not None else tensor.device)
+    tensor = tensor.to(dtype=torch.float64, device=device if device is not None else tensor.device)
     pos_inf = torch.isposinf(tensor)
     if bool(pos_inf.any()):
         raise ValueError(
@@ -158,7 +159,7 @@ class JPEGCompressibility(Reward):
             buffer = io.BytesIO()
             Image.fromarray(array).save(buffer, format="JPEG", quality=self.quality)
             sizes.append(buffer.tell() / 1000.0)
-        return -torch.tensor(sizes, dtype=torch.float32)
+        return -torch.tensor(sizes, dtype=torch.float64)
 
 
 class BrightnessReward(Reward):
@@ -175,8 +176,10 @@ class BrightnessReward(Reward):
         self.target = None if target is None else float(target)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=torch.float32)
-        luminance = torch.einsum("nchw,c->n", images.float(), weights) / (images.shape[-1] * images.shape[-2])
+        # Accumulated in float64: near-identical images (a search's proposals) must not tie by rounding.
+        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=torch.float64)
+        pixels = images.to(torch.float64)
+        luminance = torch.einsum("nchw,c->n", pixels, weights) / (images.shape[-1] * images.shape[-2])
         return luminance if self.target is None else -(luminance - self.target).abs()
 
 
@@ -194,8 +197,8 @@ class ColorReward(Reward):
         self.color = color
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        target = torch.tensor(self.color, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
-        return -((images.float() - target) ** 2).sum(dim=1).mean(dim=(1, 2))
+        target = torch.tensor(self.color, device=images.device, dtype=torch.float64).view(1, 3, 1, 1)
+        return -((images.to(torch.float64) - target) ** 2).sum(dim=1).mean(dim=(1, 2))
 
 
 class AnalyticTargetReward(Reward):
@@ -218,10 +221,10 @@ class AnalyticTargetReward(Reward):
         self.bandwidth = float(bandwidth)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        x = images.reshape(len(images), -1).float()
+        x = images.reshape(len(images), -1).to(torch.float64)  # float64: far points stay apart (no underflow)
         if x.shape[1] != self.target.numel():
             raise ValueError(f"samples have {x.shape[1]} values, the target has {self.target.numel()}")
-        sq = ((x - self.target.to(x.device)) ** 2).sum(dim=1)
+        sq = ((x - self.target.to(x.device, torch.float64)) ** 2).sum(dim=1)
         return torch.exp(-sq / (2 * x.shape[1] * self.bandwidth**2))
 
 
@@ -232,17 +235,21 @@ class MixtureModeReward(Reward):
     optimum 1 is reached by any sample deep inside that mode. Like a VQA score it saturates, and it is scored on
     Tweedie estimates during the search. Put it on a rare mode and plain sampling rarely scores well.
 
+    Computed in log space and returned in float64: at high noise the Tweedie estimate sits between the modes, where
+    the probability of an outer mode is ~1e-49 (below float32's smallest number, which would make every candidate
+    tie at 0). Probabilities below float64's range (~1e-308) still underflow; `log=True` never does.
+
     Args:
-        mixture: Anything with `component_posterior(x) -> [N, K]` (responsibilities at t = 0).
+        mixture: Anything with `component_log_posterior(x) -> [N, K]` (log responsibilities at t = 0).
         component (`int`): The mode to reward.
-        log (`bool`, defaults to False): Return log P instead (unbounded below, optimum 0).
+        log (`bool`, defaults to False): Return log P instead (unbounded below, optimum 0, exact everywhere).
     """
 
     input = "latent"
 
     def __init__(self, mixture, component: int, log: bool = False):
-        if not hasattr(mixture, "component_posterior"):
-            raise TypeError("`mixture` must have `component_posterior(x)` (a toy.GaussianMixture)")
+        if not hasattr(mixture, "component_log_posterior"):
+            raise TypeError("`mixture` must have `component_log_posterior(x)` (a toy.GaussianMixture)")
         if not 0 <= int(component) < mixture.num_components:
             raise ValueError(f"`component` must be in [0, {mixture.num_components}), got {component}")
         self.mixture = mixture
@@ -251,11 +258,8 @@ class MixtureModeReward(Reward):
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         x = images.reshape(len(images), -1)
-        if self.log:
-            post = self.mixture.posterior(x, 0.0)
-            joint = post.responsibilities[:, self.component].clamp_min(1e-300).log()
-            return joint.float()
-        return self.mixture.component_posterior(x)[:, self.component].float()
+        log_p = self.mixture.component_log_posterior(x)[:, self.component].to(torch.float64)
+        return log_p if self.log else log_p.exp()
 
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

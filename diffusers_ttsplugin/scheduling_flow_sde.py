@@ -40,7 +40,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging
-from diffusers.utils.torch_utils import randn_tensor
 
 from .interpolants import (
     DIFFUSION_COEFFICIENTS,
@@ -54,11 +53,15 @@ from .interpolants import (
     paper_time_grid,
     vp_to_linear_time,
 )
+from .stepping import apply_step
 
 __all__ = ["FlowSDEScheduler", "FlowSDESchedulerOutput", "SchedulerMixin"]
 
 SAMPLERS = ("sde", "ode")
-TIME_GRIDS = ("pipeline", "paper", "paper_code")
+TIME_GRIDS = ("auto", "pipeline", "paper", "paper_code", "uniform")
+#: What `time_grid="auto"` means for each sampling interpolant (BENCHMARKS.md, "Marginal error": the grid closest to
+#: the exact marginals for each sampler).
+AUTO_TIME_GRID = {"linear": "pipeline", "vp": "uniform"}
 FINAL_STEPS = ("auto", "integrate", "tweedie")
 
 logger = logging.get_logger(__name__)
@@ -148,8 +151,8 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             marginals) is rejected: use `sampler="sde"`.
         sampler (`str`, defaults to `"sde"`):
             `"sde"`: Euler–Maruyama on the reverse SDE x_{t−Δ} = x_t − Δ (u − ½ g² ∇log p_t) + g √Δ z.
-            `"ode"`: Euler on the probability-flow ODE (g = 0). With `interpolant="linear"` and
-            `time_grid="pipeline"` this is FlowMatchEulerDiscreteScheduler, bit for bit.
+            `"ode"`: Euler on the probability-flow ODE (g = 0). With `interpolant="linear"` (and the default grid,
+            which is then `"pipeline"`) this is FlowMatchEulerDiscreteScheduler, bit for bit.
         interpolant (`str`, defaults to `"vp"`):
             The interpolant whose frame and time the sampler steps in: `"linear"` (the model's own) or `"vp"`.
         diffusion_coefficient (`str`, defaults to `"square"`):
@@ -159,18 +162,23 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             Scale of g, ≥ 0 (the paper compares 1, 3, 5: fidelity vs diversity). 0 gives the ODE.
         vp_beta_min (`float`, defaults to 0.1), vp_beta_max (`float`, defaults to 20.0):
             Linear β schedule of the VP interpolant (0 ≤ β_min < β_max).
-        time_grid (`str`, defaults to `"pipeline"`):
-            `"pipeline"`: the sigmas the pipeline asks for (its step count, shift and `mu`), mapped to the sampling
-            interpolant's time by equal SNR. `"paper"`: the VP grid of the paper's released code,
-            r_i = √(1 − (i/N)²) with N = the pipeline's step count, as VP times (for `interpolant="linear"`: the linear
-            times of equal SNR, the same noise levels); the pipeline's shift and `mu` are ignored.
+        time_grid (`str`, defaults to `"auto"`):
+            `"auto"`: follow the sampling interpolant — `"pipeline"` for `"linear"` (so `sampler="ode"` is
+            FlowMatchEuler), `"uniform"` for `"vp"` (of the grids measured, the closest to the exact marginals for the
+            VP-SDE at 10–200 steps: BENCHMARKS.md, "Marginal error"). `"pipeline"`: the sigmas the pipeline asks for
+            (its step count, shift and `mu`), mapped to the sampling interpolant's time by equal SNR; for the VP-SDE
+            it takes its first steps in VP time from s = 1 to 0.64 (10 steps) and over-disperses.
+            `"uniform"`: equal steps in the sampling interpolant's own time, 1 → 0 (VP: s_i = 1 − i/N). `"paper"`:
+            the VP grid of the paper's released code, r_i = √(1 − (i/N)²) with N = the pipeline's step count, as VP
+            times (for `interpolant="linear"`: the linear times of equal SNR, the same noise levels).
             `"paper_code"`: the same r_i used directly as times of the sampling interpolant (what the released code
-            does for its linear SDE; identical to `"paper"` for VP).
+            does for its linear SDE; identical to `"paper"` for VP). Except for `"pipeline"`, the pipeline's shift
+            and `mu` are ignored and only its step count is used.
         final_step (`str`, defaults to `"auto"`):
             `"integrate"`: the last step integrates to t = 0. `"tweedie"`: the last step returns Tweedie's x̂₀ at the
             last non-zero time instead (what the released code outputs). `"auto"`: `"tweedie"` on the paper grids,
             whose last step is long (VP time 0.436 → 0 at N = 10: an SDE step would add visible noise at t = 0), and
-            `"integrate"` on the pipeline grid.
+            `"integrate"` on the others.
     """
 
     _compatibles = ["FlowMatchEulerDiscreteScheduler"]
@@ -199,7 +207,7 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         diffusion_norm: float = 3.0,
         vp_beta_min: float = 0.1,
         vp_beta_max: float = 20.0,
-        time_grid: str = "pipeline",
+        time_grid: str = "auto",
         final_step: str = "auto",
     ):
         _check_choice("sampler", sampler, SAMPLERS)
@@ -317,6 +325,13 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         return self._generator
 
     @property
+    def time_grid(self) -> str:
+        """The grid in use: `config.time_grid`, with `"auto"` resolved for the sampling interpolant
+        (`"pipeline"` for linear, `"uniform"` for VP)."""
+        grid = self.config.time_grid
+        return AUTO_TIME_GRID[self.config.interpolant] if grid == "auto" else grid
+
+    @property
     def sampling_interpolant(self):
         """The [`~diffusers_ttsplugin.interpolants.Interpolant`] the steps are taken in."""
         return self._sampling_interpolant
@@ -393,7 +408,7 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             timesteps (`list[float]`, *optional*):
                 Custom timesteps for the `"pipeline"` grid; with a paper grid only their count is used.
         """
-        grid = self.config.time_grid
+        grid = self.time_grid
         if grid == "pipeline":
             self._euler.set_timesteps(
                 num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps
@@ -433,6 +448,11 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
                     )
             else:
                 s = linear
+        elif grid == "uniform":  # equal steps in the sampling interpolant's own time, 1 -> 0
+            s = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+            linear = vp_to_linear_time(s, sampler) if is_vp else s
+            model_sigmas = linear.to(torch.float32).to(device)
+            model_timesteps = model_sigmas[:-1] * self.config.num_train_timesteps
         else:
             r = paper_time_grid(num_steps)
             if grid == "paper_code" or is_vp:
@@ -467,7 +487,7 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             )
         final_step = self.config.final_step
         if final_step == "auto":
-            final_step = "integrate" if grid == "pipeline" else "tweedie"
+            final_step = "tweedie" if grid in ("paper", "paper_code") else "integrate"
         if final_step == "tweedie":  # the last step returns x̂₀ at the last non-zero time
             last = self._coefficients[-1]
             self._coefficients[-1] = StepCoefficients(
@@ -592,28 +612,9 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     # -- step -------------------------------------------------------------------------------------------------
-    def _fill_noise(self, out: torch.Tensor, std: float, generator) -> torch.Tensor:
-        """Fill `out` (float32) with N(0, std²) in place from `generator` (or the global RNG); allocation-free when the
-        generator lives on the tensor's device."""
-        if isinstance(generator, list):
-            if len(generator) != out.shape[0]:
-                raise ValueError(
-                    f"The scheduler has {len(generator)} generators but the batch has {out.shape[0]} rows; pass one "
-                    "generator per row to `set_generator`."
-                )
-            for row, gen in zip(out, generator, strict=True):
-                self._fill_noise(row, std, gen)
-            return out
-        if generator is None or generator.device.type == out.device.type:
-            return out.normal_(0.0, std, generator=generator)
-        out.copy_(randn_tensor(out.shape, generator=generator, device=out.device, dtype=out.dtype))
-        return out.mul_(std)
-
     @staticmethod
     def _x0(sample32: torch.Tensor, model_output: torch.Tensor, c: StepCoefficients) -> torch.Tensor:
-        if c.x0_sample == 1.0:  # the linear model frame: x̂₀ = x − σ u in one pass
-            return torch.add(sample32, model_output, alpha=c.x0_velocity)
-        return torch.mul(sample32, c.x0_sample).add_(model_output, alpha=c.x0_velocity)
+        return apply_step(sample32, model_output, c.x0_sample, c.x0_velocity)
 
     def tweedie(
         self, model_output: torch.Tensor, sample: torch.Tensor, step_index: int | None = None
@@ -698,18 +699,16 @@ class FlowSDEScheduler(SchedulerMixin, ConfigMixin):
             # FlowMatchEulerDiscreteScheduler's exact expression, so the ODE reproduces it bit for bit.
             dt = self.sigmas[i + 1] - self.sigmas[i]
             prev_sample = sample + dt * model_output
-        elif c.noise == 0.0 and c.sample == 1.0:  # linear-frame ODE step, or the final Tweedie step
-            prev_sample = torch.add(sample, model_output, alpha=c.velocity)
-        elif c.noise == 0.0:
-            prev_sample = torch.mul(sample, c.sample).add_(model_output, alpha=c.velocity)
-        else:  # n·z + a·x + b·u: three passes, one allocation
-            if noise is not None:
-                prev_sample = torch.mul(noise.to(torch.float32), c.noise)
-            else:
-                prev_sample = self._fill_noise(
-                    torch.empty_like(sample), c.noise, self._generator if generator is None else generator
-                )
-            prev_sample.add_(sample, alpha=c.sample).add_(model_output, alpha=c.velocity)
+        else:  # a·x + b·u + n·z: the shared step (fused Triton kernel on CUDA), one allocation
+            prev_sample = apply_step(
+                sample,
+                model_output,
+                c.sample,
+                c.velocity,
+                c.noise,
+                noise=noise,
+                generator=self._generator if generator is None else generator,
+            )
 
         self._step_index += 1
         prev_sample = prev_sample.to(model_output.dtype)

@@ -37,12 +37,14 @@ _LINEAR = LinearInterpolant()
 class MixturePosterior:
     """Everything the closed forms need at (x, t); shapes for x flattened to [N, d] and K components.
 
-    `log_prob`: [N] log p_t(x). `responsibilities`: [N, K] P(k | x_t). `x0`: [N, d] E[x₀ | x_t].
-    `x1`: [N, d] E[x₁ | x_t]. `score`: [N, d] ∇log p_t(x). `velocity`: [N, d] α̇_t x0 + σ̇_t x1.
+    `log_prob`: [N] log p_t(x). `responsibilities`: [N, K] P(k | x_t); `log_responsibilities`: [N, K] log P(k | x_t),
+    exact where P underflows. `x0`: [N, d] E[x₀ | x_t]. `x1`: [N, d] E[x₁ | x_t]. `score`: [N, d] ∇log p_t(x).
+    `velocity`: [N, d] α̇_t x0 + σ̇_t x1.
     """
 
     log_prob: torch.Tensor
     responsibilities: torch.Tensor
+    log_responsibilities: torch.Tensor
     x0: torch.Tensor
     x1: torch.Tensor
     score: torch.Tensor
@@ -169,7 +171,8 @@ class GaussianMixture:
         log_norm = -0.5 * ((y * z).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
         joint = self.weights.log()[None] + log_norm  # [N, K]
         log_prob = torch.logsumexp(joint, dim=-1)
-        resp = torch.exp(joint - log_prob[:, None])
+        log_resp = joint - log_prob[:, None]
+        resp = torch.exp(log_resp)
         back = lambda v: torch.einsum("nkj,kij->nki", v, self._evecs)  # noqa: E731  eigenbasis -> original
         r = resp[..., None]
         x0 = (r * (self.means[None] + back(alpha * self._evals[None] * z))).sum(1)
@@ -180,6 +183,7 @@ class GaussianMixture:
         return MixturePosterior(
             log_prob=log_prob,
             responsibilities=resp,
+            log_responsibilities=log_resp,
             x0=x0,
             x1=x1,
             score=-whitened,
@@ -187,7 +191,12 @@ class GaussianMixture:
         )
 
     def _apply(
-        self, x: torch.Tensor, t, interpolant: Interpolant, pick: Callable[[MixturePosterior], torch.Tensor]
+        self,
+        x: torch.Tensor,
+        t,
+        interpolant: Interpolant,
+        pick: Callable[[MixturePosterior], torch.Tensor],
+        dtype: torch.dtype | None = None,
     ):
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
@@ -197,7 +206,7 @@ class GaussianMixture:
             if bool((t_flat == t_flat[0]).all()):  # one time for the batch (a pipeline step): cheaper path
                 t_flat = t_flat[0]
         out = pick(self.posterior(flat, t_flat, interpolant))
-        out_dtype = x.dtype if x.is_floating_point() else torch.float32
+        out_dtype = dtype or (x.dtype if x.is_floating_point() else torch.float32)
         return out.reshape(*lead, *out.shape[1:]).to(out_dtype)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -225,8 +234,15 @@ class GaussianMixture:
         return self._apply(x, t, interpolant, lambda p: p.velocity)
 
     def component_posterior(self, x: torch.Tensor, t=0.0, interpolant: Interpolant = _LINEAR) -> torch.Tensor:
-        """P(k | x_t = x): [..., K]. At t = 0 this classifies data points by component."""
+        """P(k | x_t = x): [..., K] in x's dtype. At t = 0 this classifies data points by component."""
         return self._apply(x, t, interpolant, lambda p: p.responsibilities)
+
+    def component_log_posterior(
+        self, x: torch.Tensor, t=0.0, interpolant: Interpolant = _LINEAR
+    ) -> torch.Tensor:
+        """log P(k | x_t = x): [..., K], in the mixture's dtype (float64), never cast down: a far component's
+        probability (1e-49 at the origin for the default mixture's outer mode) underflows float32 to 0."""
+        return self._apply(x, t, interpolant, lambda p: p.log_responsibilities, dtype=self.dtype)
 
     # -- constructors -----------------------------------------------------------------------------------------
     @classmethod

@@ -4,7 +4,7 @@ Dispatch rule used by every public op: CUDA tensors run the Triton kernel; CPU t
 reference, or the Triton kernel under the interpreter when `TRITON_INTERPRET=1` was set before import
 (how CI exercises the kernels without a GPU). `backend="torch"` / `"triton"` forces one path.
 
-Fused flow-SDE step (`affine_step`, `sde_step`): x_next = a x + b u + c eps in one pass.
+Flow-sampler step (`affine_step`): x_next = a x + b u + c eps in one pass (scalars per step or per row).
 
 Resampling (B prompts x N particles, one launch for all rows):
 
@@ -15,7 +15,7 @@ Resampling (B prompts x N particles, one launch for all rows):
     >>> x, ancestors = tk.resample(x, lw, "systematic", rows=ess < 8, out=x)  # in place, degenerate rows only
 """
 
-from .fused_step import affine_step, sde_step, sde_step_coefficients
+from .affine_step import affine_step, affine_step_reference
 from .resample import (
     MAX_PARTICLES,
     SCHEMES,
@@ -32,6 +32,7 @@ __all__ = [
     "MAX_PARTICLES",
     "SCHEMES",
     "affine_step",
+    "affine_step_reference",
     "draw_uniforms",
     "effective_sample_size",
     "gather_particles",
@@ -39,7 +40,5 @@ __all__ = [
     "normalized_weights",
     "resample",
     "resample_ancestors",
-    "sde_step",
-    "sde_step_coefficients",
     "triton_available",
 ]

@@ -28,6 +28,11 @@ from .resample_reference import (
 )
 from .utils import resolve_backend
 
+#: Resampling calls on the Triton backend up to these sizes take the one-launch fused kernel (see `_resample`); it
+#: holds N x N comparisons in registers, so N is capped.
+FUSED_MAX_PARTICLES = 64
+FUSED_MAX_BYTES = 32 * 2**20
+
 __all__ = [
     "MAX_PARTICLES",
     "SCHEMES",
@@ -253,42 +258,81 @@ def resample(
         >>> x_new, ancestors = resample(x, rewards / 0.1, "systematic", g)
         >>> x_new, ancestors = resample(x, rewards / 0.1, "residual", g, out=x)  # in place
     """
+    # Checks in order of cost: small problems are launch-bound, so this wrapper's own time counts (issue 13).
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"`x` must be a tensor of shape [B, N, ...], got {_describe(x)}")
     batch_size, num_particles = _check_log_weights(log_weights, "log_weights")
-    if tuple(x.shape[:2]) != (batch_size, num_particles):
+    shape = x.shape
+    if shape[0] != batch_size or shape[1] != num_particles:
         raise ValueError(
             f"`x` must have shape [B, N, ...] = [{batch_size}, {num_particles}, ...] to match `log_weights`, "
-            f"got {list(x.shape)}"
+            f"got {list(shape)}"
         )
-    if x.device != log_weights.device:
-        raise ValueError(f"`x` is on {x.device} but `log_weights` is on {log_weights.device}")
-    in_place = out is not None and out.data_ptr() == x.data_ptr() and out.shape == x.shape
-    if out is not None:
-        _check_out_particles(out, x, tuple(x.shape), in_place)
+    device = x.device
+    if device != log_weights.device:
+        raise ValueError(f"`x` is on {device} but `log_weights` is on {log_weights.device}")
+    if out is x:  # in place, the sampler-loop form: x itself is the checked buffer
+        in_place = True
+        if _features_view(x) is None:
+            raise ValueError("in place, `x` must have its trailing dims (after [B, N]) laid out contiguously")
+    else:
+        in_place = out is not None and out.data_ptr() == x.data_ptr() and out.shape == shape
+        if out is not None:
+            _check_out_particles(out, x, tuple(shape), in_place)
     _check_scheme(scheme)
     if uniforms is None:
-        _check_generator(generator, x.device)
+        _check_generator(generator, device)
     else:
-        _check_uniforms(uniforms, batch_size, num_particles, scheme, x.device)
+        _check_uniforms(uniforms, batch_size, num_particles, scheme, device)
     if rows is not None:
-        _check_rows(rows, batch_size, x.device)
+        _check_rows(rows, batch_size, device)
     if ancestors_out is not None:
         _check_buffer(
-            ancestors_out,
-            "ancestors_out",
-            (batch_size, num_particles),
-            torch.int64,
-            x.device,
-            contiguous=True,
+            ancestors_out, "ancestors_out", (batch_size, num_particles), torch.int64, device, contiguous=True
         )
-    selected = resolve_backend(backend, x.device)
+    selected = resolve_backend(backend, device)
     if validate:
         _check_weight_values(log_weights, "log_weights", uniforms)
-    if uniforms is None:
-        uniforms = draw_uniforms(batch_size, num_particles, scheme, generator, device=x.device)
-    ancestors = _ancestors(log_weights, uniforms, scheme, rows, ancestors_out, selected)
-    return _gather(x, ancestors, out, in_place, selected), ancestors
+    if uniforms is None:  # what draw_uniforms does, without checking the generator a second time
+        shape = uniforms_shape(batch_size, num_particles, scheme)
+        uniforms = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    return _resample(x, log_weights, uniforms, scheme, rows, out, ancestors_out, in_place, selected)
+
+
+def _resample(
+    x, log_weights, uniforms, scheme, rows, out, ancestors_out, in_place, backend, path: str = "auto"
+):
+    """Validated inputs -> (particles, ancestors). `path` (benchmarks): "auto", "fused" or "two_pass".
+
+    On the Triton backend, small problems (N <= FUSED_MAX_PARTICLES and at most FUSED_MAX_BYTES of particles) take
+    one fused launch (ancestors and copy together): there the cost is launches, not bytes, and two launches made
+    resampling slower than torch's softmax + multinomial + gather (0.54-0.91x at B=1, N <= 16 and B=8, N=4 on an
+    H200, BENCHMARKS.md). Larger ones take the ancestor kernel and the memory-speed gather."""
+    if backend == "triton" and path != "two_pass":
+        fits = x.shape[1] <= FUSED_MAX_PARTICLES and x.numel() * x.element_size() <= FUSED_MAX_BYTES
+        if path == "fused" and x.shape[1] > FUSED_MAX_PARTICLES:
+            raise ValueError(f"the fused kernel takes N <= {FUSED_MAX_PARTICLES} particles, got {x.shape[1]}")
+        if path == "fused" or fits:
+            return _resample_fused(x, log_weights, uniforms, scheme, rows, out, ancestors_out, in_place)
+    ancestors = _ancestors(log_weights, uniforms, scheme, rows, ancestors_out, backend)
+    return _gather(x, ancestors, out, in_place, backend), ancestors
+
+
+def _resample_fused(x, log_weights, uniforms, scheme, rows, out, ancestors_out, in_place):
+    from .resample_triton import resample_fused_triton
+
+    x3 = _features_view(x)
+    if x3 is None:  # trailing dims not mergeable into one unit-stride axis (in place is refused earlier)
+        x3 = _features_view(x.contiguous())
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    ancestors = ancestors_out
+    if ancestors is None:
+        ancestors = torch.empty(log_weights.shape, dtype=torch.int64, device=x.device)
+    resample_fused_triton(
+        log_weights, uniforms, scheme, rows, x3, x3 if in_place else _features_view(out), ancestors
+    )
+    return out, ancestors
 
 
 def normalized_weights(

@@ -1,12 +1,16 @@
 """Triton kernels for batched resampling, and their launchers. Torch references: `resample_reference.py`.
 
-Three kernels, each launched once per call for the whole batch:
+Four kernels, each launched once per call for the whole batch:
   * `_resample_ancestors_kernel`: one program per row (max-shift, exp, fixed-point weights, scan, binary
     search, offspring histogram, canonical in-place-safe order). Its ancestors equal the reference's for the
     same uniforms: everything after exp() is int64 arithmetic or single IEEE float64 products.
   * `_gather_particles_kernel`: out[b, k] = x[b, ancestors[b, k]] over [rows, features] tiles, a pure copy at
     memory speed; in place it only moves the particles that died (survivors keep their slot).
   * `_normalized_weights_kernel`: softmax(r / temperature) and the effective sample size per row.
+  * `_resample_fused_kernel`: both steps in one launch for small problems (resample.FUSED_MAX_PARTICLES), where the
+    cost is launches, not bytes: every program recomputes its row's ancestors in registers (N x N comparisons
+    instead of a scan in memory, the same integer arithmetic, so the same ancestors) and copies one tile of
+    features of every particle of the row.
 
 Written for triton 3.6 (GPU machine) and 3.9 (CI, interpreter): every load is masked, no block pointers, no
 libdevice calls, no inline asm. Whether the kernels run under the interpreter is decided when this module is
@@ -33,6 +37,8 @@ _NARROW_TILE = 1024
 # A row block of at least one element per thread: no element is replicated across threads, which
 # tl.histogram's lowering counts once per replica in some Triton versions.
 _MIN_ROW_BLOCK = 32
+# Elements of x one fused program copies (BLOCK_N particles x BLOCK_D features).
+_FUSED_TILE = 4096
 
 
 @triton.jit
@@ -48,6 +54,25 @@ def _search_right(sorted_ptr, target, n, mask, LOG2_BLOCK: tl.constexpr):
         lo = tl.where(right, mid + 1, lo)
         hi = tl.where(right, hi, mid)
     return tl.minimum(lo, n - 1)
+
+
+@triton.jit
+def _fixed_point_weights(
+    log_weights_ptr, row, slot, in_row, stride_lb, stride_ln, fixed_point_scale, BLOCK: tl.constexpr
+):
+    """One row's weights as int64 q_i = floor(2^S exp(lw_i - max lw)), their total and the row's validity flag,
+    exactly as `resample_ancestors_reference` computes them (step 1 of both resampling kernels)."""
+    lw = tl.load(log_weights_ptr + row * stride_lb + slot * stride_ln, mask=in_row, other=float("-inf"))
+    lw = lw.to(tl.float64)
+    # A NaN counts as +inf for the max (GPU max reductions drop NaN), so one max flags bad rows: all -inf,
+    # any NaN or +inf. Row-wide flags stay [BLOCK] tensors: the 3.9 interpreter mistypes a comparison of
+    # scalars, and broadcasting that into a block fails.
+    row_max = tl.zeros([BLOCK], dtype=tl.float64) + tl.max(tl.where(lw != lw, float("inf"), lw), axis=0)
+    row_ok = (row_max > float("-inf")) & (row_max < float("inf"))
+    kept = (lw > float("-inf")) & row_ok
+    scaled = tl.where(kept, tl.exp(tl.where(kept, lw, 0.0) - tl.where(kept, row_max, 0.0)), 0.0)
+    q = (scaled * fixed_point_scale).to(tl.int64)
+    return q, tl.maximum(tl.sum(q, axis=0), 1), row_ok
 
 
 @triton.jit(do_not_specialize=["n", "stride_lb", "stride_ln", "stride_ub", "stride_un", "stride_ab"])
@@ -74,17 +99,9 @@ def _resample_ancestors_kernel(
     scratch = ancestors_ptr + row * stride_ab
 
     # 1. Max-shift, exp, fixed-point weights, exact integer scan.
-    lw = tl.load(log_weights_ptr + row * stride_lb + slot * stride_ln, mask=in_row, other=float("-inf"))
-    lw = lw.to(tl.float64)
-    # A NaN counts as +inf for the max (GPU max reductions drop NaN), so one max flags bad rows: all -inf,
-    # any NaN or +inf. Row-wide flags stay [BLOCK] tensors: the 3.9 interpreter mistypes a comparison of
-    # scalars, and broadcasting that into a block fails.
-    row_max = tl.zeros([BLOCK], dtype=tl.float64) + tl.max(tl.where(lw != lw, float("inf"), lw), axis=0)
-    row_ok = (row_max > float("-inf")) & (row_max < float("inf"))
-    kept = (lw > float("-inf")) & row_ok
-    scaled = tl.where(kept, tl.exp(tl.where(kept, lw, 0.0) - tl.where(kept, row_max, 0.0)), 0.0)
-    q = (scaled * fixed_point_scale).to(tl.int64)
-    total = tl.maximum(tl.sum(q, axis=0), 1)
+    q, total, row_ok = _fixed_point_weights(
+        log_weights_ptr, row, slot, in_row, stride_lb, stride_ln, fixed_point_scale, BLOCK
+    )
     u = tl.load(uniforms_ptr + row * stride_ub + slot * stride_un, mask=in_row, other=0.0).to(tl.float64)
 
     # 2-3. Positions -> targets -> drawn particle per slot, then offspring counts (a histogram).
@@ -197,6 +214,111 @@ def _normalized_weights_kernel(
         tl.store(ess_ptr + row, total * total / tl.sum(e * e, axis=0))
 
 
+@triton.jit
+def _count_at_most(sorted_values, targets, valid):
+    """Per target k: #{i valid : sorted[i] <= targets[k]}, i.e. the smallest i with sorted[i] > target (a
+    right-sided search) for a nondecreasing `sorted`, by brute force in registers: [BLOCK, BLOCK] comparisons."""
+    hits = (sorted_values[None, :] <= targets[:, None]) & valid[None, :]
+    return tl.sum(hits.to(tl.int64), axis=1)
+
+
+@triton.jit
+def _offspring(drawn, draws, slot):
+    """Per particle i: #{k : draws[k] and drawn[k] == i} (a histogram, in registers)."""
+    hits = (drawn[None, :] == slot[:, None]) & draws[None, :]
+    return tl.sum(hits.to(tl.int64), axis=1)
+
+
+@triton.jit(
+    do_not_specialize=[
+        "n", "d", "num_d_blocks", "stride_lb", "stride_ln", "stride_ub", "stride_un", "stride_xb", "stride_xn",
+        "stride_ob", "stride_on", "stride_ab",
+    ]
+)  # fmt: skip
+def _resample_fused_kernel(
+    log_weights_ptr,  # [B, N] any float dtype
+    uniforms_ptr,  # [B, N] or [B, 1] (stride_un = 0) float
+    rows_ptr,  # [B] bool, read only if HAS_ROWS
+    x_ptr,  # [B, N, D], unit stride along D
+    out_ptr,  # [B, N, D], unit stride along D (may be x itself: IN_PLACE)
+    ancestors_ptr,  # [B, N] int64, unit stride along N
+    n,
+    d,
+    num_d_blocks,
+    stride_lb,
+    stride_ln,
+    stride_ub,
+    stride_un,
+    stride_xb,
+    stride_xn,
+    stride_ob,
+    stride_on,
+    stride_ab,
+    fixed_point_scale,  # 2.0 ** fixed_point_bits(n), float64
+    SCHEME: tl.constexpr,
+    HAS_ROWS: tl.constexpr,
+    IN_PLACE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // num_d_blocks
+    d_block = pid % num_d_blocks
+    slot = tl.arange(0, BLOCK_N)
+    in_row = slot < n
+
+    # 1. The fixed-point weights of `_resample_ancestors_kernel`, by the same function.
+    q, total, row_ok = _fixed_point_weights(
+        log_weights_ptr, row, slot, in_row, stride_lb, stride_ln, fixed_point_scale, BLOCK_N
+    )
+    u = tl.load(uniforms_ptr + row * stride_ub + slot * stride_un, mask=in_row, other=0.0).to(tl.float64)
+
+    # 2. Draws and offspring counts, searches and histogram in registers.
+    if SCHEME == _RESIDUAL:
+        det_counts = (n * q) // total
+        det_total = tl.sum(det_counts, axis=0)
+        residual = n * q - det_counts * total
+        residual_total = tl.maximum((n - det_total) * total, 1)
+        target = (u * residual_total.to(tl.float64)).to(tl.int64)
+        target = tl.maximum(tl.minimum(target, residual_total - 1), 0)
+        drawn = tl.minimum(_count_at_most(tl.cumsum(residual, axis=0), target, in_row), n - 1)
+        counts = det_counts + _offspring(drawn, in_row & (slot >= det_total), slot)
+    else:
+        target = (u * total.to(tl.float64)).to(tl.int64)
+        target = tl.maximum(tl.minimum(target, total - 1), 0)
+        if SCHEME != _MULTINOMIAL:
+            target = (slot.to(tl.int64) * total + target) // n
+        drawn = tl.minimum(_count_at_most(tl.cumsum(q, axis=0), target, in_row), n - 1)
+        counts = _offspring(drawn, in_row, slot)
+
+    # 3. Canonical order: survivors keep their slot, extra copies fill the dead slots in order.
+    dead = in_row & (counts == 0)
+    dead_rank = tl.maximum(tl.cumsum(dead.to(tl.int64), axis=0) - 1, 0)
+    extra_end = tl.cumsum(tl.where(in_row, tl.maximum(counts - 1, 0), 0), axis=0)
+    source = tl.minimum(_count_at_most(extra_end, dead_rank, in_row), n - 1)
+    ancestors = tl.where(dead, source, slot.to(tl.int64))
+    resample_row = row_ok
+    if HAS_ROWS:
+        resample_row = resample_row & (tl.load(rows_ptr + row + slot * 0, mask=in_row, other=0) != 0)
+    ancestors = tl.where(resample_row, ancestors, slot.to(tl.int64))
+    # The first tile's program writes the ancestors (the d_block test is a block: the interpreter mistypes scalars).
+    first = (tl.zeros([BLOCK_N], dtype=tl.int64) + d_block) == 0
+    tl.store(ancestors_ptr + row * stride_ab + slot, ancestors, mask=in_row & first)
+
+    # 4. This program's tile of every particle of the row: out[row, k, tile] = x[row, ancestors[k], tile].
+    feature = d_block * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    copy = in_row
+    if IN_PLACE:
+        copy = copy & (ancestors != slot)  # survivors stay put; sources are survivors, never written
+    mask = copy[:, None] & (feature < d)[None, :]
+    values = tl.load(x_ptr + row * stride_xb + (ancestors * stride_xn)[:, None] + feature[None, :], mask=mask)
+    tl.store(
+        out_ptr + row * stride_ob + (slot.to(tl.int64) * stride_on)[:, None] + feature[None, :],
+        values,
+        mask=mask,
+    )
+
+
 def _row_block(n: int) -> tuple[int, int, int]:
     """(BLOCK, log2(BLOCK), num_warps) for one program per row of n: at least one element per thread."""
     block = max(_MIN_ROW_BLOCK, triton.next_power_of_2(n))
@@ -237,6 +359,61 @@ def resample_ancestors_triton(
         num_warps=num_warps,
     )
     return out
+
+
+def fused_launch_config(n: int, d: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_D) of the fused kernel: all N particles of a row times a tile of features."""
+    block_n = triton.next_power_of_2(max(n, 1))
+    block_d = max(1, min(_FUSED_TILE // block_n, triton.next_power_of_2(max(d, 1))))
+    return block_n, block_d
+
+
+def resample_fused_triton(
+    log_weights: torch.Tensor,
+    uniforms: torch.Tensor,
+    scheme: str,
+    rows: torch.Tensor | None,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    ancestors: torch.Tensor,
+) -> None:
+    """Launch `_resample_fused_kernel` once: ancestors into `ancestors` ([B, N] int64, unit stride along N) and
+    particles x [B, N, D] -> out [B, N, D] (3-D views with unit stride along D; `out` may be `x`). N must be
+    <= `resample.FUSED_MAX_PARTICLES` (it holds N x N comparisons in registers). Inputs are validated by the
+    caller."""
+    batch_size, n, d = x.shape
+    if batch_size == 0:
+        return
+    block_n, block_d = fused_launch_config(n, d)
+    num_d_blocks = triton.cdiv(max(d, 1), block_d)
+    stride_un = 0 if uniforms.shape[1] == 1 else uniforms.stride(1)
+    _resample_fused_kernel[(batch_size * num_d_blocks,)](
+        log_weights,
+        uniforms,
+        rows if rows is not None else ancestors,
+        x,
+        out,
+        ancestors,
+        n,
+        d,
+        num_d_blocks,
+        log_weights.stride(0),
+        log_weights.stride(1),
+        uniforms.stride(0),
+        stride_un,
+        x.stride(0),
+        x.stride(1),
+        out.stride(0),
+        out.stride(1),
+        ancestors.stride(0),
+        float(2 ** fixed_point_bits(n)),
+        SCHEME=_SCHEME_IDS[scheme],
+        HAS_ROWS=rows is not None,
+        IN_PLACE=out.data_ptr() == x.data_ptr(),
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        num_warps=4,
+    )
 
 
 def gather_launch_config(d: int) -> tuple[int, int, int]:

@@ -141,6 +141,69 @@ def test_resample_matches_reference(scheme, batch_size, num_particles, trailing,
 
 
 @needs_triton
+@hypothesis_settings
+@given(
+    scheme=st.sampled_from(tk.SCHEMES),
+    batch_size=st.integers(1, 3),
+    num_particles=st.one_of(st.integers(1, 17), st.sampled_from([31, 32, 33, 63, 64])),
+    features=st.sampled_from([1, 3, 37, 1025, 4097]),
+    seed=st.integers(0, 2**31 - 1),
+    zero_fraction=st.sampled_from([0.0, 0.5]),
+    masked_rows=st.booleans(),
+    mode=st.sampled_from(["new", "out", "in_place"]),
+)
+def test_fused_and_two_pass_paths_are_identical(
+    scheme, batch_size, num_particles, features, seed, zero_fraction, masked_rows, mode
+):
+    """The one-launch fused kernel (small problems) and the ancestor kernel + gather give the reference's
+    ancestors and particles, bit for bit, in every mode."""
+    from ttsplugin_kernels.resample import _resample
+
+    if batch_size * num_particles * features > 60_000:  # keep interpreter grids small
+        features = 3
+    lw = random_log_weights(batch_size, num_particles, seed, 3.0, zero_fraction)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, num_particles, features, generator=g).to(DEVICE)
+    uniforms = tk.draw_uniforms(batch_size, num_particles, scheme, torch.Generator(DEVICE).manual_seed(seed))
+    rows = (torch.arange(batch_size, device=DEVICE) % 2 == 0) if masked_rows else None
+    expected, expected_ancestors = tk.resample(x, lw, scheme, uniforms=uniforms, rows=rows, backend="torch")
+    for path in ("fused", "two_pass"):
+        source = x.clone()
+        out = source if mode == "in_place" else torch.full_like(x, float("nan")) if mode == "out" else None
+        got, ancestors = _resample(
+            source, lw, uniforms, scheme, rows, out, None, mode == "in_place", "triton", path
+        )
+        assert torch.equal(ancestors, expected_ancestors), path
+        assert torch.equal(got, expected), path
+        if out is not None:
+            assert got is out
+
+
+@needs_triton
+def test_size_dispatch(monkeypatch):
+    """Small problems take one launch (the fused kernel), large ones the ancestor kernel + the gather."""
+    import ttsplugin_kernels.resample_triton as rt
+    from ttsplugin_kernels.resample import FUSED_MAX_BYTES, _resample
+
+    launches = []
+    for name in ("resample_fused_triton", "resample_ancestors_triton", "gather_particles_triton"):
+        original = getattr(rt, name)
+        monkeypatch.setattr(
+            rt, name, lambda *a, _o=original, _n=name, **k: launches.append(_n) or _o(*a, **k)
+        )
+    tk.resample(torch.zeros(1, 4, 8, device=DEVICE), torch.zeros(1, 4, device=DEVICE), backend="triton")
+    assert launches == ["resample_fused_triton"]
+    launches.clear()
+    tk.resample(torch.zeros(1, 65, 2, device=DEVICE), torch.zeros(1, 65, device=DEVICE), backend="triton")
+    assert launches == ["resample_ancestors_triton", "gather_particles_triton"]
+    assert FUSED_MAX_BYTES >= 32 * 2**20  # every size the H200 table showed launch-bound (<= 32 MiB)
+    big = torch.zeros(1, 65, 1, device=DEVICE)
+    uniforms = torch.zeros(1, 1, device=DEVICE, dtype=torch.float64)
+    with pytest.raises(ValueError, match="N <= 64"):
+        _resample(big, big[..., 0], uniforms, "systematic", None, None, None, False, "triton", "fused")
+
+
+@needs_triton
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_gather_strided_inputs_and_other_particle_counts(dtype):
     g = torch.Generator().manual_seed(3)

@@ -24,7 +24,7 @@ from diffusers_ttsplugin.rewards import (
 
 def test_check_rewards_accepts_sequences_and_casts():
     out = check_rewards([1, 2.5, -math.inf], 3)
-    assert out.dtype == torch.float32 and out.tolist() == [1.0, 2.5, -math.inf]
+    assert out.dtype == torch.float64 and out.tolist() == [1.0, 2.5, -math.inf]
     assert check_rewards(np.array([0.5]), 1).tolist() == [0.5]
 
 

@@ -45,6 +45,12 @@ def _add_demo(subparsers) -> None:
         action="store_true",
         help="skip the particle-search part (analytic flow + FLUX plots)",
     )
+    p.add_argument(
+        "--search-seeds",
+        type=positive_int,
+        default=32,
+        help="independent searches per point of the search curves, shown as mean ± s.e.m. (default: 32)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for models and sampling (default: 0)")
     p.add_argument(
         "--max-model-len",

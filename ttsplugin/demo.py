@@ -244,7 +244,8 @@ def demo_search(args: argparse.Namespace, workdir: Path) -> None:
     _header("particle search (diffusers_ttsplugin.InferenceScaler)")
     from diffusers_ttsplugin.search.demo import run_search_demo
 
-    run_search_demo(workdir, seed=args.seed, device=args.device, pipeline=args.pipeline)
+    seeds = getattr(args, "search_seeds", 32)
+    run_search_demo(workdir, seed=args.seed, device=args.device, pipeline=args.pipeline, seeds=seeds)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -72,9 +72,11 @@ def add_search_parser(subparsers) -> None:
     )
     p.add_argument(
         "--time-grid",
-        choices=("pipeline", "paper", "paper_code"),
-        default="pipeline",
-        help="grid of the sampler: the pipeline's own sigmas, or the released code's VP grid (default: pipeline)",
+        choices=("auto", "pipeline", "uniform", "paper", "paper_code"),
+        default="auto",
+        help="grid of the sampler: auto = the pipeline's own sigmas for the linear interpolant, equal steps in VP "
+        "time for VP; pipeline; uniform (equal steps in the sampling interpolant's time); paper / paper_code (the "
+        "released code's VP grid) (default: auto)",
     )
     p.add_argument(
         "--final-step",
@@ -104,6 +106,32 @@ def add_search_parser(subparsers) -> None:
         choices=("multinomial", "systematic", "stratified", "residual"),
         default=None,
         help="smc: resampling scheme (default: multinomial)",
+    )
+    p.add_argument(
+        "--potential",
+        choices=("difference", "max", "sum"),
+        default=None,
+        help="smc: potential exp((r_t - r_t-1)/lambda) (difference, the paper's), or FK steering's max / sum "
+        "(default: difference)",
+    )
+    p.add_argument(
+        "--initial-weights",
+        choices=("uniform", "reward"),
+        default=None,
+        help="smc: start at weight 1 (uniform, the paper's) or exp(r_0/lambda) (reward: the released code's and FK "
+        "steering's) (default: uniform)",
+    )
+    p.add_argument(
+        "--tempering",
+        choices=("none", "linear", "exponential"),
+        default=None,
+        help="smc: lambda schedule lambda/beta_k, beta rising to 1 (linear, or DAS's exponential) (default: none)",
+    )
+    p.add_argument(
+        "--tempering-gamma",
+        type=float,
+        default=None,
+        help="smc: tempering rate gamma > 0 (default: beta reaches 1 at the last step)",
     )
     p.add_argument("--block-size", type=int, default=None, help="code: steps per block (default: 2)")
     p.add_argument(
@@ -142,6 +170,10 @@ def _knobs(args: argparse.Namespace) -> dict:
         "temperature": args.temperature,
         "ess_threshold": args.ess_threshold,
         "resampling": args.resampling,
+        "potential": args.potential,
+        "initial_weights": args.initial_weights,
+        "tempering": args.tempering,
+        "tempering_gamma": args.tempering_gamma,
         "block_size": args.block_size,
         "forward_steps": args.forward_steps,
         "rollover": False if args.no_rollover else None,

@@ -14,11 +14,13 @@ from .adapters import (
     adapter_for,
     register_adapter,
 )
-from .budget import METHODS, NFELedger, RBFDecision, RolloverBudgetForcing, SearchPlan, plan_search
+from .budget import NFELedger
 from .callback import SMCCallback
+from .planning import METHODS, SearchPlan, plan_search
 from .plot import plot_reward_vs_nfe
+from .rbf import RBFDecision, RolloverBudgetForcing
 from .scaler import InferenceScaler, SearchResult
-from .smc import effective_sample_size, resample, update_log_weights
+from .smc import SMCConfig, SMCState, effective_sample_size, resample, update_log_weights
 from .trace import SearchTrace, StepRecord
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "RolloverBudgetForcing",
     "SD3Adapter",
     "SMCCallback",
+    "SMCConfig",
+    "SMCState",
     "SearchPlan",
     "SearchResult",
     "SearchTrace",

@@ -11,7 +11,8 @@ weights exp((r_i − r_{i−1}) / λ) and resamples the rows of a prompt whose E
 i belongs to the latents the step started from, so the weights of step i move the latents that step produced (their
 children) — the standard one-step-lagged potential, which costs nothing extra. One consequence: right after a
 resampling the copies share their parent's x̂₀, so their weights stay equal and the next step never resamples;
-resampling can happen at most every other step.
+resampling can happen at most every other step. The weighting options (potentials, initial weights, tempering) and
+the SMC step itself are [`~diffusers_ttsplugin.search.smc.SMCState`]'s, the same as `InferenceScaler(method="smc")`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from diffusers.callbacks import PipelineCallback
 
 from ..rewards import RewardFn, check_rewards, reward_input
-from .smc import SCHEMES, effective_sample_size, resample, update_log_weights
+from .smc import SMCConfig, SMCState
 
 
 class SMCCallback(PipelineCallback):
@@ -42,6 +43,10 @@ class SMCCallback(PipelineCallback):
         temperature (`float`, defaults to 0.1): λ of the weights exp((r_i − r_{i−1}) / λ).
         ess_threshold (`float`, defaults to 0.5): Resample a prompt when ESS < threshold · N.
         resampling (`str`, defaults to "multinomial"): "multinomial", "systematic", "stratified" or "residual".
+        potential (`str`, defaults to "difference"), initial_weights (`str`, defaults to "uniform"),
+        tempering (`str`, defaults to "none"), tempering_gamma (`float`, *optional*): SMC's weighting, as in
+            [`~diffusers_ttsplugin.search.smc.SMCConfig`] (FK steering's "max"/"sum" potentials, the released code's
+            `initial_weights="reward"`, DAS-style tempering).
         generator (`torch.Generator`, *optional*): Seeds the resampling.
         height, width (`int`, *optional*): Image size, needed to decode FLUX's packed latents when it is not square.
         resample_last_step (`bool`, defaults to False): Also resample after the last step (duplicates the best
@@ -61,6 +66,10 @@ class SMCCallback(PipelineCallback):
         temperature: float = 0.1,
         ess_threshold: float = 0.5,
         resampling: str = "multinomial",
+        potential: str = "difference",
+        initial_weights: str = "uniform",
+        tempering: str = "none",
+        tempering_gamma: float | None = None,
         generator: torch.Generator | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -70,20 +79,15 @@ class SMCCallback(PipelineCallback):
         # PipelineCallback's config machinery is for JSON-able settings; a reward is not one, so skip it.
         if not callable(reward):
             raise TypeError("`reward` must be callable as reward(images, prompts)")
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, int | float)
-            or not (math.isfinite(temperature) and temperature > 0)
-        ):
-            raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}")
-        if (
-            isinstance(ess_threshold, bool)
-            or not isinstance(ess_threshold, int | float)
-            or not 0 <= ess_threshold <= 1
-        ):
-            raise ValueError(f"`ess_threshold` must be in [0, 1], got {ess_threshold!r}")
-        if resampling not in SCHEMES:
-            raise ValueError(f"`resampling` must be one of {SCHEMES}, got {resampling!r}")
+        self.smc_config = SMCConfig(
+            temperature=temperature,
+            ess_threshold=ess_threshold,
+            resampling=resampling,
+            potential=potential,
+            initial_weights=initial_weights,
+            tempering=tempering,
+            tempering_gamma=tempering_gamma,
+        )
         if num_images_per_prompt is not None and (
             isinstance(num_images_per_prompt, bool)
             or not isinstance(num_images_per_prompt, int)
@@ -96,9 +100,6 @@ class SMCCallback(PipelineCallback):
         self.reward_input = reward_input(reward)
         self.prompts = [prompt] if isinstance(prompt, str) else (list(prompt) if prompt is not None else None)
         self.num_images_per_prompt = num_images_per_prompt
-        self.temperature = float(temperature)
-        self.ess_threshold = float(ess_threshold)
-        self.resampling = resampling
         self.generator = generator
         self.height, self.width = height, width
         self.resample_last_step = bool(resample_last_step)
@@ -113,7 +114,7 @@ class SMCCallback(PipelineCallback):
     def reset(self) -> None:
         """Forget the previous run (done automatically at step 0)."""
         self.rewards: torch.Tensor | None = None
-        self.log_weights: torch.Tensor | None = None
+        self.state: SMCState | None = None
         self.trace: list[dict] = []
 
     def _groups(self, rows: int) -> tuple[int, int]:
@@ -181,43 +182,27 @@ class SMCCallback(PipelineCallback):
             where=f"SMCCallback, step {step_index}",
             device=latents.device,
         ).view(num_prompts, per)
-        num_steps = scheduler.num_inference_steps or 0
         record = {
             "step": int(step_index),
             "time": float(scheduler.sigmas[step_index]),
             "rewards": rewards.tolist(),
         }
-        if self.rewards is None:
-            self.log_weights = torch.zeros_like(rewards)
-            self.rewards = rewards.reshape(-1)
-            self.trace.append({**record, "resampled": [False] * num_prompts})
-            return callback_kwargs
-        self.log_weights = update_log_weights(
-            self.log_weights, rewards, self.rewards.view(num_prompts, per), self.temperature
-        )
-        ess = effective_sample_size(self.log_weights)
-        if bool((ess == 0).any()):
-            raise ValueError(f"SMCCallback: every particle of a prompt has weight zero at step {step_index}")
-        degenerate = ess < self.ess_threshold * per
-        if step_index >= num_steps - 1 and not self.resample_last_step:
-            degenerate = torch.zeros_like(degenerate)
-        record.update(ess=ess.tolist(), resampled=degenerate.tolist())
-        if bool(degenerate.any()):
-            width = latents[0].numel()
-            stacked = torch.cat(
-                [latents.reshape(num_prompts, per, -1).float(), rewards.unsqueeze(-1)], dim=-1
+        if self.state is None:
+            last_step = max((scheduler.num_inference_steps or 0) - 1, 1)
+            self.state = SMCState(
+                self.smc_config, last_step, rewards, self.resample_last_step, where="SMCCallback"
             )
-            stacked, ancestors = resample(
-                stacked, self.log_weights, self.resampling, self.generator, rows=degenerate
+            decision = self.state.start()
+        else:
+            decision = self.state.update(rewards, step_index)
+        record.update(ess=decision.ess.tolist(), resampled=decision.resample.tolist())
+        if bool(decision.resample.any()):
+            (moved,), ancestors = self.state.resample(
+                decision, [latents.reshape(num_prompts, per, -1)], self.generator
             )
-            latents = stacked[..., :width].reshape(latents.shape).to(latents.dtype)
-            rewards = stacked[..., -1]
-            self.log_weights = torch.where(
-                degenerate[:, None], torch.zeros_like(self.log_weights), self.log_weights
-            )
+            callback_kwargs["latents"] = moved.reshape(latents.shape)
             record["ancestors"] = ancestors.tolist()
-            callback_kwargs["latents"] = latents
-        self.rewards = rewards.reshape(-1)
+        self.rewards = self.state.rewards.reshape(-1)
         self.trace.append(record)
         return callback_kwargs
 

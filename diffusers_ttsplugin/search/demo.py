@@ -1,17 +1,22 @@
 """The particle-search part of `ttsplugin demo`: every method on the analytic flow and on a (tiny) FLUX pipeline.
 
-Fast by design (seconds on a laptop CPU): small budgets, a 2-D analytic flow, a 32×32 tiny FLUX.
+Every point is the mean ± s.e.m. over `seeds` independent searches (32 by default). They run as `seeds` prompts
+of one `InferenceScaler` call: each prompt gets its own budget and its own particles (drawn from one generator),
+so the searches are independent replicates, batched. Small budgets, a 2-D analytic flow and a 32×32 tiny FLUX
+keep it to seconds per method on a laptop CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from .budget import METHODS
+from .planning import METHODS
 
 
 @contextlib.contextmanager
@@ -43,44 +48,78 @@ def toy_problem(dim: int = 2, rare_weight: float = 0.02):
     return AnalyticFlow(mixture), MixtureModeReward(mixture, rare)
 
 
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
+
+
+def replicate(scaler, seeds: int, seed: int, device: str = "cpu", prompt: str = "toy", **options):
+    """`seeds` independent searches of one prompt, batched as `seeds` prompts of one call → (rewards, NFE, result)."""
+    generator = torch.Generator(device).manual_seed(seed)
+    result = scaler([prompt] * seeds, generator=generator, **options)
+    return [float(r) for r in result.reward], [int(n) for n in result.nfe], result
+
+
+def _curves(
+    label: str, make_scaler, budgets, seeds: int, seed: int, digits: int = 3, **call
+) -> tuple[dict, dict]:
+    """Per method: mean ± s.e.m. of the returned sample's reward at each budget (budgets a method cannot plan are
+    skipped); prints one line per method."""
+    series, summary = {}, {}
+    for method in METHODS:
+        nfe, means, sems = [], [], []
+        for budget in budgets:
+            try:
+                scaler = make_scaler(method, budget)
+            except ValueError:
+                continue  # budget too small for this method's structure
+            scaler.set_progress_bar_config(disable=True)
+            rewards, used, result = replicate(scaler, seeds, seed, **call)
+            mean, sem = mean_sem(rewards)
+            nfe.append(max(used))
+            means.append(mean)
+            sems.append(sem)
+        series[method] = {"nfe": nfe, "reward": means, "std": sems}
+        summary[method] = {n: {"mean": m, "sem": s} for n, m, s in zip(nfe, means, sems, strict=True)}
+        summary[method]["last"] = result
+        print(
+            f"{label} {method:4s}: "
+            + "  ".join(
+                f"{n} NFE → {m:.{digits}f} ± {s:.{digits}f}" for n, m, s in zip(nfe, means, sems, strict=True)
+            )
+        )
+    return series, summary
+
+
 def run_search_demo(
-    workdir: Path, seed: int = 0, device: str = "cpu", pipeline: str | None = None, seeds: int = 3
+    workdir: Path, seed: int = 0, device: str = "cpu", pipeline: str | None = None, seeds: int = 32
 ) -> dict:
-    """Run all methods on the analytic flow (budgets 20–200) and on tiny FLUX (12 and 24 NFE); write two PNGs."""
+    """Run all methods on the analytic flow (budgets 20–200) and on tiny FLUX (12 and 24 NFE), each point the mean ±
+    s.e.m. over `seeds` independent searches; write two PNGs (error bands = s.e.m.)."""
     from . import InferenceScaler, plot_reward_vs_nfe
 
     out = Path(workdir) / "search"
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"toy": {}, "pipeline": {}}
+    summary: dict = {"toy": {}, "pipeline": {}, "seeds": seeds}
     with _single_thread():
         flow, reward = toy_problem()
         budgets = (20, 50, 100, 200)
         start = time.perf_counter()
-        series = {}
-        for method in METHODS:
-            points = ([], [])
-            for budget in budgets:
-                try:
-                    scaler = InferenceScaler(flow, reward, method=method, nfe_budget=budget, num_steps=10)
-                except ValueError:
-                    continue  # budget too small for this method's structure
-                scaler.set_progress_bar_config(disable=True)
-                values = [
-                    float(scaler("toy", generator=torch.Generator().manual_seed(seed + s)).reward[0])
-                    for s in range(seeds)
-                ]
-                points[0].append(budget)
-                points[1].append(sum(values) / len(values))
-            series[method] = points
-            summary["toy"][method] = dict(zip(*points, strict=True))
-            print(
-                f"analytic flow  {method:4s}: "
-                + "  ".join(f"{b} NFE → {r:.3f}" for b, r in zip(*points, strict=True))
-            )
+        series, toy = _curves(
+            "analytic flow ",
+            lambda method, budget: InferenceScaler(
+                flow, reward, method=method, nfe_budget=budget, num_steps=10
+            ),
+            budgets,
+            seeds,
+            seed,
+        )
+        summary["toy"] = {m: {k: v for k, v in d.items() if k != "last"} for m, d in toy.items()}
         toy_png = plot_reward_vs_nfe(
             series,
             out / "search_toy.png",
-            title="analytic flow: P(rare mode) of the returned sample",
+            title=f"analytic flow: P(rare mode) of the returned sample, mean ± s.e.m. of {seeds} seeds",
             reference=1.0,
         )
         print(
@@ -100,32 +139,33 @@ def run_search_demo(
 
             pipe = build_tiny_flux_pipeline(seed=seed).to(device)
             options = {"height": 32, "width": 32, "max_sequence_length": 32}
-        series, start = {}, time.perf_counter()
-        for method in METHODS:
-            points = ([], [])
-            for budget in (12, 24):
-                scaler = InferenceScaler(
-                    pipe, BrightnessReward(), method=method, nfe_budget=budget, num_steps=3
-                )
-                scaler.set_progress_bar_config(disable=True)
-                result = scaler(
-                    "a photo of a red apple", generator=torch.Generator(device).manual_seed(seed), **options
-                )
-                points[0].append(int(result.nfe[0]))
-                points[1].append(float(result.reward[0]))
+        start = time.perf_counter()
+        name = type(pipe).__name__
+        series, flux = _curves(
+            f"{name} brightness",
+            lambda method, budget: InferenceScaler(
+                pipe, BrightnessReward(), method=method, nfe_budget=budget, num_steps=3
+            ),
+            (12, 24),
+            seeds,
+            seed,
+            digits=4,  # random-weight FLUX: rewards differ in the fourth decimal
+            device=device,
+            prompt="a photo of a red apple",
+            **options,
+        )
+        for method, data in flux.items():
+            result = data.pop("last")
             result.images[0].save(out / f"flux_{method}.png")
             result.trace.to_json(out / f"flux_{method}_trace.json")
-            series[method] = points
-            summary["pipeline"][method] = {"reward": points[1][-1], "nfe": points[0][-1]}
-            print(
-                f"{type(pipe).__name__} {method:4s}: brightness "
-                + "  ".join(f"{r:.4f} with {n} NFE" for n, r in zip(*points, strict=True))
-            )
+            top = max(k for k in data)
+            summary["pipeline"][method] = {"reward": data[top]["mean"], "sem": data[top]["sem"], "nfe": top}
         flux_png = plot_reward_vs_nfe(
-            series, out / "search_flux.png", title=f"{type(pipe).__name__}: brightness of the returned image"
+            series, out / "search_flux.png", title=f"{name}: brightness, mean ± s.e.m. of {seeds} seeds"
         )
         print(
-            f"{type(pipe).__name__}: {len(METHODS)} methods × 2 budgets in {time.perf_counter() - start:.1f} s -> {flux_png}"
+            f"{name}: {len(METHODS)} methods × 2 budgets × {seeds} seeds in {time.perf_counter() - start:.1f} s "
+            f"-> {flux_png}"
         )
     summary["plots"] = [str(toy_png), str(flux_png)]
     return summary

@@ -2,7 +2,7 @@
 
 Methods (Kim et al. 2025, "Inference-time scaling for flow models via stochastic generation and rollover budget
 forcing"; settings at 500 NFE / 10 steps in parentheses, counts scale with the budget — see
-[`~diffusers_ttsplugin.search.budget.plan_search`]):
+[`~diffusers_ttsplugin.search.planning.plan_search`]):
 
 - "bon"  best-of-N: N full trajectories (N = 50), the best final reward wins. Linear ODE by default.
 - "sop"  search over paths (Ma et al. 2025): C chains (2) solved to a seed level, then repeatedly forward-noised f
@@ -31,9 +31,12 @@ from typing import Any
 import torch
 
 from ..rewards import RewardFn, check_rewards, reward_input
+from ..stepping import apply_step, draw_noise
 from .adapters import FlowAdapter, adapter_for
-from .budget import METHODS, NFELedger, RolloverBudgetForcing, SearchPlan, plan_search
-from .smc import effective_sample_size, resample, update_log_weights
+from .budget import NFELedger
+from .planning import METHODS, SearchPlan, plan_search
+from .rbf import RolloverBudgetForcing
+from .smc import SMCState
 from .trace import SearchTrace, StepRecord
 
 FINAL_STEPS = ("tweedie", "integrate")
@@ -61,16 +64,6 @@ class SearchResult:
     trace: SearchTrace
     latents: torch.Tensor
     transformer_rows: int = 0
-
-
-def _randn(shape, generator, device) -> torch.Tensor:
-    from diffusers.utils.torch_utils import randn_tensor
-
-    return randn_tensor(tuple(shape), generator=generator, device=device, dtype=torch.float32)
-
-
-def _view(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return coef.view(-1, *([1] * (x.dim() - 1)))
 
 
 class InferenceScaler:
@@ -102,6 +95,13 @@ class InferenceScaler:
         ess_threshold (`float`, *optional*): SMC resamples when ESS < threshold · N (default 0.5).
         resampling (`str`, *optional*): SMC's scheme: "multinomial" (default, the released code's), "systematic",
             "stratified", "residual".
+        potential (`str`, *optional*): SMC's potential: "difference" (default, exp((r_t − r_{t−1}) / λ), the
+            paper's), "max" or "sum" (FK steering's); see [`~diffusers_ttsplugin.search.smc`].
+        initial_weights (`str`, *optional*): SMC's start: "uniform" (default, the paper's) or "reward"
+            (exp(r₀ / λ): the released code's and FK steering's).
+        tempering (`str`, *optional*): SMC's λ schedule λ_k = λ / β_k: "none" (default), "linear" or
+            "exponential" (DAS); `tempering_gamma` (`float`, *optional*) its rate (default: β reaches 1 at the
+            last step).
         block_size (`int`, *optional*): CoDe's steps per block L (default 2).
         forward_steps (`int`, *optional*): SoP's forward-noising distance in grid steps (default ⌊(S − 1) / 3⌋).
         rollover (`bool`, *optional*): RBF carries unused quota to the next step (default True).
@@ -112,9 +112,10 @@ class InferenceScaler:
         interpolant (`str`, *optional*): "linear" or "vp" (default: "linear" for bon/sop, "vp" otherwise).
         diffusion_coefficient (`str`, defaults to "square"), diffusion_norm (`float`, defaults to 3.0),
         vp_beta_min (`float`, defaults to 0.1), vp_beta_max (`float`, defaults to 20.0),
-        time_grid (`str`, defaults to "pipeline"): passed to [`~diffusers_ttsplugin.FlowSDEScheduler`], which
-            computes the grid and the step coefficients ("pipeline" = the pipeline's own sigmas and shift;
-            "paper" = the released code's VP grid).
+        time_grid (`str`, defaults to "auto"): passed to [`~diffusers_ttsplugin.FlowSDEScheduler`], which
+            computes the grid and the step coefficients ("auto" = follow the sampling interpolant: the pipeline's
+            own sigmas and shift for linear, equal steps in VP time for VP; "pipeline"; "uniform"; "paper" = the
+            released code's VP grid).
         max_batch_size (`int`, *optional*): Most transformer rows (and decoded images) per call.
         nonfinite_rewards (`str`, defaults to "raise"): "raise" on NaN/+inf rewards, or "reject" (NaN → −inf,
             never chosen). +inf always raises; a prompt whose chosen sample has no finite reward raises.
@@ -146,6 +147,10 @@ class InferenceScaler:
         temperature: float | None = None,
         ess_threshold: float | None = None,
         resampling: str | None = None,
+        potential: str | None = None,
+        initial_weights: str | None = None,
+        tempering: str | None = None,
+        tempering_gamma: float | None = None,
         block_size: int | None = None,
         forward_steps: int | None = None,
         rollover: bool | None = None,
@@ -156,7 +161,7 @@ class InferenceScaler:
         diffusion_norm: float = 3.0,
         vp_beta_min: float = 0.1,
         vp_beta_max: float = 20.0,
-        time_grid: str = "pipeline",
+        time_grid: str = "auto",
         max_batch_size: int | None = None,
         nonfinite_rewards: str = "raise",
         callback: Callable[[InferenceScaler, StepRecord], None] | None = None,
@@ -176,6 +181,10 @@ class InferenceScaler:
             temperature=temperature,
             ess_threshold=ess_threshold,
             resampling=resampling,
+            potential=potential,
+            initial_weights=initial_weights,
+            tempering=tempering,
+            tempering_gamma=tempering_gamma,
             block_size=block_size,
             forward_steps=forward_steps,
             rollover=rollover,
@@ -354,19 +363,17 @@ class InferenceScaler:
         return u
 
     def _step(self, x: torch.Tensor, u: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
-        """x at grid index k → a sample at k + 1 (SDE or ODE step in the sampler's frame, written in the model's)."""
+        """x at grid index k → a sample at k + 1 (SDE or ODE step in the sampler's frame, written in the model's);
+        k per row or shared. The scheduler's step function, with one set of coefficients per row."""
         idx = self._index(k, x.shape[0])
-        out = _view(self._coef_sample[idx], x) * x + _view(self._coef_velocity[idx], x) * u
-        noise = self._coef_noise[idx]
-        if bool((noise != 0).any()):
-            out = out + _view(noise, x) * _randn(x.shape, self._generator, x.device)
-        return out
+        coefs = (self._coef_sample[idx], self._coef_velocity[idx], self._coef_noise[idx])
+        return apply_step(x, u, *coefs, generator=self._generator)
 
     def _tweedie(self, x: torch.Tensor, u: torch.Tensor | None, k: int | torch.Tensor) -> torch.Tensor:
-        idx = self._index(k, x.shape[0])
         if u is None:
             return x
-        return _view(self._x0_sample[idx], x) * x + _view(self._x0_velocity[idx], x) * u
+        idx = self._index(k, x.shape[0])
+        return apply_step(x, u, self._x0_sample[idx], self._x0_velocity[idx])
 
     def _score(self, x0: torch.Tensor, prompt_index: torch.Tensor, where: str) -> torch.Tensor:
         prompts = [self._prompts[i] for i in prompt_index.tolist()]
@@ -452,58 +459,36 @@ class InferenceScaler:
         prompt_index = torch.arange(num_prompts, device=self._device).repeat_interleave(n)
         x = self.adapter.initial_noise(num_prompts * n, self._generator)
         u = self._evaluate(x, 0, prompt_index)
-        previous = self._score(self._tweedie(x, u, 0), prompt_index, "step 0")
-        for b in range(num_prompts):
-            self._record(prompt=b, step=0, kind="init", rewards=previous[b * n : (b + 1) * n].tolist())
-        # A particle rejected at the start (reward -inf) has weight zero from then on.
-        log_weights = torch.where(torch.isfinite(previous), 0.0, -math.inf).view(num_prompts, n)
-        rewards = previous
+        rewards = self._score(self._tweedie(x, u, 0), prompt_index, "step 0")
+        state = SMCState(plan.smc, plan.search_steps, rewards.view(num_prompts, n), where="smc")
+        x, u, rewards = self._smc_select(state, state.start(), x, u, rewards, "init")
         for k in range(1, plan.search_steps + 1):
             x = self._step(x, u, k - 1)
             u = self._evaluate(x, k, prompt_index)
             rewards = self._score(self._tweedie(x, u, k), prompt_index, f"step {k}")
-            log_weights = update_log_weights(
-                log_weights, rewards.view(num_prompts, n), previous.view(num_prompts, n), plan.temperature
-            )
-            ess = effective_sample_size(log_weights)
-            if bool((ess == 0).any()):
-                b = int((ess == 0).nonzero()[0])
-                raise ValueError(
-                    f"smc: every particle of prompt {b} ({self._prompts[b]!r}) has weight zero at step {k} "
-                    "(all rewards -inf / rejected): nothing to resample"
-                )
-            proposal_rewards = rewards.view(num_prompts, n).tolist()
-            # The last step selects by argmax instead of resampling.
-            degenerate = ess < plan.ess_threshold * n
-            if k == plan.search_steps:
-                degenerate = torch.zeros_like(degenerate)
-            ancestors = None
-            if bool(degenerate.any()):
-                width = x[0].numel()
-                stacked = torch.cat(
-                    [x.view(num_prompts, n, -1), u.view(num_prompts, n, -1), rewards.view(num_prompts, n, 1)],
-                    dim=-1,
-                )
-                stacked, ancestors = resample(
-                    stacked, log_weights, plan.resampling, self._generator, rows=degenerate
-                )
-                x = stacked[..., :width].reshape(x.shape)
-                u = stacked[..., width : 2 * width].reshape(u.shape)
-                rewards = stacked[..., -1].reshape(-1)
-                log_weights = torch.where(degenerate[:, None], torch.zeros_like(log_weights), log_weights)
-            for b in range(num_prompts):
-                resampled = bool(degenerate[b])
-                self._record(
-                    prompt=b,
-                    step=k,
-                    kind="resample" if resampled else "propose",
-                    rewards=proposal_rewards[b],
-                    ess=float(ess[b]),
-                    resampled=resampled,
-                    ancestors=ancestors[b].tolist() if resampled else None,
-                )
-            previous = rewards
+            decision = state.update(rewards.view(num_prompts, n), k)
+            x, u, rewards = self._smc_select(state, decision, x, u, rewards, "propose")
         return self._finish(x, u, rewards, n)
+
+    def _smc_select(self, state: SMCState, decision, x, u, rewards, kind: str):
+        """Resample the prompts the SMC step marked (the last step never does: it selects by argmax) and record."""
+        num_prompts = len(self._prompts)
+        proposal_rewards = rewards.view(num_prompts, -1).tolist()
+        ancestors = None
+        if bool(decision.resample.any()):
+            (x, u, rewards), ancestors = state.resample(decision, [x, u, rewards], self._generator)
+        for b in range(num_prompts):
+            resampled = bool(decision.resample[b])
+            self._record(
+                prompt=b,
+                step=decision.step,
+                kind="resample" if resampled else kind,
+                rewards=proposal_rewards[b],
+                ess=float(decision.ess[b]),
+                resampled=resampled,
+                ancestors=ancestors[b].tolist() if resampled else None,
+            )
+        return x, u, rewards
 
     def _init_chains(self, chains: int, init: int):
         """Best of `init` initial noises per chain: (x, u, rewards) with one row per (prompt, chain)."""
@@ -579,7 +564,7 @@ class InferenceScaler:
         while level < plan.search_steps:
             start = level - forward
             cx = x.repeat_interleave(k_props, dim=0)
-            noise = _randn(cx.shape, self._generator, cx.device)
+            noise = draw_noise(cx, self._generator)
             cx = renoise(cx, float(self._times[level]), float(self._times[start]), linear, noise=noise)
             for k in range(start, level + 1):
                 cx = self._step(cx, self._evaluate(cx, k, cand_prompt), k)
@@ -606,8 +591,8 @@ class InferenceScaler:
             groups, dtype=torch.long, device=self._device
         )  # grid index of each chain's particle
         best_x, best_u = x.clone(), u.clone()  # best proposal of the chain's current step
-        best_r = torch.full((groups,), -math.inf, device=self._device)
-        final_r = torch.full((groups,), -math.inf, device=self._device)
+        best_r = torch.full((groups,), -math.inf, dtype=torch.float64, device=self._device)
+        final_r = torch.full((groups,), -math.inf, dtype=torch.float64, device=self._device)
         while True:
             active = [b * chains + c for b, m in enumerate(machines) for c in m.active_chains()]
             if not active:
