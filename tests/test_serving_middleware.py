@@ -30,14 +30,17 @@ def marker(tokenizer) -> int:
     return find_marker_token(tokenizer)
 
 
-def _state(tokenizer):
+def _state(tokenizer, api_key=None):
     engine = SimpleNamespace(
         get_tokenizer=lambda: tokenizer,
         model_config=SimpleNamespace(get_vocab_size=lambda: len(tokenizer)),
     )
     serving = SimpleNamespace(default_sampling_params={})
     return SimpleNamespace(
-        engine_client=engine, openai_serving_completion=serving, openai_serving_chat=serving
+        engine_client=engine,
+        openai_serving_completion=serving,
+        openai_serving_chat=serving,
+        args=SimpleNamespace(api_key=api_key),
     )
 
 
@@ -48,6 +51,8 @@ def _call(
     status: int = 200,
     stream: bool = False,
     path="/v1/completions",
+    api_key=None,
+    authorization=None,
 ):
     """Run one request through the middleware; the downstream app records what it got and sends `chunks`."""
     seen = {}
@@ -66,8 +71,9 @@ def _call(
         "type": "http",
         "method": "POST",
         "path": path,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
-        "app": SimpleNamespace(state=_state(tokenizer)),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+        + ([(b"authorization", authorization.encode())] if authorization else []),
+        "app": SimpleNamespace(state=_state(tokenizer, api_key)),
     }
     sent = []
 
@@ -211,3 +217,15 @@ def test_error_statuses_from_vllm_are_untouched(tokenizer):
     error = json.dumps({"error": {"message": "boom", "code": 500}}).encode()
     _, start, out = _call(tokenizer, body, [error], status=500)
     assert start["status"] == 500 and out == error
+
+
+def test_unauthenticated_requests_learn_nothing_from_the_middleware(tokenizer):
+    """`--middleware` wraps vLLM's `--api-key` check: a request without the key is passed on untouched (vLLM's
+    authentication answers 401), never validated or answered here."""
+    body = {"model": "m", "prompt": "hi", "vllm_xargs": {"tts_max_think": -1}}
+    seen, start, out = _call(tokenizer, body, [b'{"error": "Unauthorized"}'], status=401, api_key=["k"])
+    assert seen["body"] == body and start["status"] == 401
+    seen, start, _ = _call(tokenizer, body, [b""], api_key=["k"], authorization="Bearer wrong")
+    assert seen["body"] == body
+    seen, start, out = _call(tokenizer, body, [b""], api_key=["k"], authorization="Bearer k")
+    assert seen == {} and start["status"] == 400 and json.loads(out)["error"]["param"] == "tts_max_think"

@@ -86,6 +86,9 @@ class TTSMiddleware:
             await self.app(scope, _replay(body, receive), send)
             return
         state = scope["app"].state
+        if not _authorized(scope, state):  # vLLM's authentication (inside us) answers 401; we add nothing
+            await self.app(scope, _replay(body, receive), send)
+            return
         request, error = _validate(scope["path"], payload, state)
         if error is not None:
             await _send_json(send, error.error.code, error.model_dump())
@@ -103,6 +106,23 @@ class TTSMiddleware:
 # ----------------------------------------------------------------------------------------------------------------
 # Admission before the stream
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _authorized(scope: Scope, state: Any) -> bool:
+    """Whether the request passes the server's ``--api-key`` check (vLLM's own verifier and token list).
+
+    Middleware named with ``--middleware`` wraps vLLM's authentication, so a request reaches this one before it is
+    authenticated; only an authenticated request may learn anything from us (e.g. a 400 about its parameters).
+    """
+    from starlette.datastructures import Headers
+    from vllm import envs
+    from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
+
+    args = getattr(state, "args", None)
+    tokens = [key for key in (getattr(args, "api_key", None) or [envs.VLLM_API_KEY]) if key]
+    if not tokens:
+        return True
+    return AuthenticationMiddleware(None, tokens).verify_token(Headers(scope=scope))
 
 
 def _validate(path: str, payload: dict, state: Any):
