@@ -5,8 +5,10 @@ which tokens, never how many), `detokenize=False`: vLLM's incremental detokenize
 tokens such as `</think>`, so its cost depends on *which* tokens were generated and would swamp the processor's
 cost in either direction. Three arms, interleaved over several rounds so machine noise hits all alike:
 
-- `vanilla`: an engine without the processor;
-- `enabled`: the engine with `TTSLogitsProcessor`, requests without `tts_*` keys (the cost of enabling it);
+- `vanilla`: an engine without the processor (its `vllm.logits_processors` entry point hidden while the engine
+  is built);
+- `enabled`: an engine as installing ttsplugin makes every engine: `TTSLogitsProcessor` from its entry point,
+  requests without `tts_*` keys (the cost of having it installed);
 - `controlled`: the same engine, every request with min/max budgets, a wait text, an answer prefix and TS.
 
 Also reports the share of each arm's thread CPU time spent inside `TTSLogitsProcessor` (apply + update_state,
@@ -23,6 +25,7 @@ machine it is the number to trust, since wall time also counts the time other pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -48,6 +51,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@contextlib.contextmanager
+def without_entry_point():
+    """Hide ttsplugin's `vllm.logits_processors` entry point (both runners' loaders) while an engine is built."""
+    import importlib.metadata as importlib_metadata
+
+    original = importlib_metadata.entry_points
+
+    def entry_points(**kwargs):
+        found = original(**kwargs)
+        if kwargs.get("group") != "vllm.logits_processors":
+            return found
+        return importlib_metadata.EntryPoints(ep for ep in found if not ep.value.startswith("vllm_ttsplugin"))
+
+    importlib_metadata.entry_points = entry_points
+    try:
+        import vllm.v1.worker.gpu.sample.logits_processor.loader as v2_loader
+
+        v2_original, v2_loader.entry_points = v2_loader.entry_points, entry_points
+    except ImportError:  # pragma: no cover
+        v2_loader = None
+    try:
+        yield
+    finally:
+        importlib_metadata.entry_points = original
+        if v2_loader is not None:
+            v2_loader.entry_points = v2_original
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from vllm import LLM, SamplingParams, TokensPrompt
@@ -64,8 +95,13 @@ def main(argv=None) -> int:
     engine_kwargs = dict(
         seed=0, dtype="float32", max_num_seqs=max(args.requests, 8), **small_engine_kwargs(max_model_len=1024)
     )
-    vanilla = LLM(model, **engine_kwargs)
-    enabled = LLM(model, logits_processors=["vllm_ttsplugin:TTSLogitsProcessor"], **engine_kwargs)
+    from vllm_ttsplugin import processor as tts_processor
+
+    with without_entry_point():
+        vanilla = LLM(model, **engine_kwargs)
+    assert not tts_processor._SERVING, "the vanilla engine must not load TTSLogitsProcessor"
+    enabled = LLM(model, **engine_kwargs)  # the processor comes from its entry point
+    assert len(tts_processor._SERVING) == 1
 
     tokenizer = vanilla.get_tokenizer()
     questions = [f"Question {i}: what is {i} + {2 * i}?" for i in range(args.requests)]

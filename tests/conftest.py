@@ -43,7 +43,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_llm(tiny_model_dir):
-    """An in-process vLLM engine over the tiny model, shared by a module's tests that only generate.
+    """An in-process vLLM engine over the tiny model, shared by a module's tests that only generate (ttsplugin's
+    processor is loaded from its entry point, as in every engine of this environment).
 
     Module-scoped on purpose: deleting any in-process engine tears down vLLM's process-global parallel groups,
     which breaks every other engine still alive in the process (so no engine may outlive its module)."""
@@ -79,9 +80,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tts_server(tiny_model_dir, tmp_path_factory):
-    """Base URL of one OpenAI-compatible server on loopback over the tiny model, with
-    `--logits-processors vllm_ttsplugin:TTSLogitsProcessor`, `--middleware vllm_ttsplugin.serving.TTSMiddleware`,
-    a small KV cache and a multiprocess engine core (as deployed). `.log` is its log file.
+    """Base URL of one OpenAI-compatible server on loopback over the tiny model, with a multiprocess engine core
+    (as deployed), no `--logits-processors` flag (`TTSLogitsProcessor` is loaded from its entry point),
+    `--middleware vllm_ttsplugin.serving.TTSMiddleware` and a small KV cache. `.log` is its log file.
 
     Session-scoped: one start (~30 s) serves every `server`-marked module; those tests run last and together
     (see `pytest_collection_modifyitems`), so the idle server does not outlive its users by more than teardown."""
@@ -94,7 +95,6 @@ def tts_server(tiny_model_dir, tmp_path_factory):
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(tiny_model_dir),
         "--host", "127.0.0.1", "--port", str(port),
-        "--logits-processors", "vllm_ttsplugin:TTSLogitsProcessor",
         "--middleware", "vllm_ttsplugin.serving.TTSMiddleware",
         "--dtype", "float32",
         "--max-model-len", "1024",

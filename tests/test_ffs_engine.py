@@ -225,6 +225,8 @@ def test_ffs_k_at_n_vote_and_the_majority_baseline(ffs_llm, reference):
 
 
 def test_bad_arguments_are_rejected_at_admission_and_the_engine_keeps_serving(ffs_llm, reference, marker):
+    from vllm.exceptions import VLLMValidationError
+
     cases = [
         (dict(extra_args={"tts_first_finish": 0}), "tts_first_finish"),
         (dict(extra_args={"tts_first_finish": 9}), "exceeds"),
@@ -234,9 +236,10 @@ def test_bad_arguments_are_rejected_at_admission_and_the_engine_keeps_serving(ff
         (dict(extra_args={"tts_first_finish": float("nan")}), "NaN"),
     ]
     for overrides, message in cases:
-        with pytest.raises(FirstFinishParamsError, match=message) as error:
+        with pytest.raises(VLLMValidationError, match=message) as error:
             ffs_llm.generate(PROMPTS, sampling(ffs_llm, **overrides), use_tqdm=False)
         assert error.value.parameter in ("tts_first_finish", "tts_group")
+        assert isinstance(error.value.__cause__, FirstFinishParamsError)
         assert not ffs_llm.llm_engine.has_unfinished_requests()
     output = ffs_llm.generate(
         PROMPTS[:1], sampling(ffs_llm, extra_args={"tts_first_finish": 1}), use_tqdm=False
@@ -257,6 +260,9 @@ def test_first_finish_composes_with_budget_forcing_and_wins_over_forced_text(ffs
     think = {
         "tts_max_think": budget,
         "tts_answer_prefix": "\nFinal Answer: the answer is the sum of the numbers",
+        # EOS inside thinking ends the sample (a natural finish while the siblings are due forced text); by
+        # default it would be an end attempt and become the end delimiter.
+        "tts_eos_in_thinking": "stop",
     }
     forced = tok.encode("</think>" + think["tts_answer_prefix"], add_special_tokens=False)
     references = ffs_llm.generate(prompts, sampling(ffs_llm, extra_args=dict(think)), use_tqdm=False)
@@ -370,6 +376,8 @@ def test_a_group_name_ties_requests_of_one_admission_scope_only(ffs_llm, referen
     with first_finish_scope():
         later = ffs_llm.generate(PROMPTS[2:], sampling(ffs_llm, extra_args=group), use_tqdm=False)[0]
     assert_first_finish(later, reference[2], 1, marker)
-    with pytest.raises(FirstFinishParamsError, match="admission scope") as error:
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match="admission scope") as error:
         ffs_llm.generate(PROMPTS[2:], sampling(ffs_llm, extra_args=group), use_tqdm=False)
     assert error.value.parameter == "tts_group" and not engine.has_unfinished_requests()

@@ -1,5 +1,6 @@
-"""First Finish Search without an engine: argument validation, the V1 and V2 adapters driven by simulated
-persistent batches (vLLM's own BatchUpdateBuilder / LogitsContext), output helpers, answers and voting."""
+"""First Finish Search without an engine: argument validation, `TTSLogitsProcessor`'s V1 and V2 adapters (FFS is
+one of its slot components) driven by simulated persistent batches (vLLM's own BatchUpdateBuilder /
+LogitsContext), output helpers, answers and voting."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ffs_helpers import EOS, MARKER, VOCAB, Reference, StubTokenizer, make_requests
+from thinking_helpers import fake_vllm_config, use_vocab
 
 from vllm_ttsplugin.answers import (
     extract_answer,
@@ -25,15 +27,15 @@ from vllm_ttsplugin.ffs import (
     RACE_ID_KEY,
     RACE_SIZE_KEY,
     FirstFinishCore,
+    FirstFinishMember,
     FirstFinishParamsError,
-    FirstFinishV1,
-    FirstFinishV2,
     SlotOutcome,
     first_finish_marker,
     first_finish_scope,
     first_finish_winners,
     force_tokens_,
     is_first_finish_stopped,
+    member_outcome,
     validate_first_finish_params,
 )
 from vllm_ttsplugin.processor import admission_tokenizer
@@ -142,26 +144,19 @@ def test_groups_exist_only_inside_the_admission_scope_that_minted_them():
 
 
 @pytest.mark.parametrize("min_tokens", [0, 2, 3])
-def test_v1_stop_strings_count_only_where_vllm_checks_them_after_min_tokens(min_tokens):
+def test_stop_strings_count_only_where_vllm_checks_them_after_min_tokens(min_tokens):
     """A sample leaving with "t9 " in its text finished on that stop string only if the match ends after the text
     of its first min_tokens tokens (vLLM's detokenizer looks nowhere else); otherwise it was cut by length."""
     from vllm import SamplingParams
-    from vllm.v1.sample.logits_processor import BatchUpdate
 
-    ffs = FirstFinishV1(
-        SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=4), model_config=None),
-        torch.device("cpu"),
-    )
-    ffs.set_tokenizer(StubTokenizer())
     params = SamplingParams(
         n=2, max_tokens=3, min_tokens=min_tokens, stop=["t9 "], extra_args={"tts_first_finish": 1}
     )
     validate_first_finish_params(params)
     params.update_from_generation_config({}, EOS)
-    a, b = [5, 5, 9], [5]  # "t9 " is written by a's third token
-    ffs.update_state(BatchUpdate(2, removed=[], added=[(0, params, [1], a), (1, params, [1], b)], moved=[]))
-    ffs.update_state(BatchUpdate(1, removed=[0], added=[], moved=[]))  # a leaves with 3 = max_tokens tokens
-    assert ffs.core.stopping_slots == ({1} if min_tokens < 3 else set())
+    member = FirstFinishMember.from_params(params, VOCAB)
+    outcome = member_outcome(member, [5, 5, 9], StubTokenizer())  # "t9 " is written by the third token
+    assert outcome == (SlotOutcome.NATURAL if min_tokens < 3 else SlotOutcome.LENGTH)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -243,17 +238,28 @@ def _sample(req, forced: int | None) -> int:
     return forced if forced is not None else req.script[len(req.out)]
 
 
+def _processor(monkeypatch, max_slots: int, req_states=None):
+    """`TTSLogitsProcessor` over a stub tokenizer (it reads stop strings). Whether losers are marked is decided at
+    admission (`make_requests(..., marker_known)`): the marker token is stamped there."""
+    from vllm_ttsplugin import TTSLogitsProcessor
+    from vllm_ttsplugin.vocab import TokenizerVocab
+
+    use_vocab(monkeypatch, TokenizerVocab(StubTokenizer(), VOCAB))
+    config = fake_vllm_config(max_slots, vocab_size=VOCAB)
+    if req_states is not None:
+        proc = TTSLogitsProcessor(config, req_states)
+    else:
+        proc = TTSLogitsProcessor(config, torch.device("cpu"), False)
+    return proc, proc._impl.components[-1]
+
+
 @pytest.mark.parametrize("seed", range(12))
-def test_v1_adapter_matches_the_rule_through_adds_moves_swaps_and_preemption(seed):
+def test_v1_adapter_matches_the_rule_through_adds_moves_swaps_and_preemption(seed, monkeypatch):
     rng = random.Random(seed)
     marker_known = seed % 3 != 0
     requests = make_requests(rng, num_parents=rng.randint(2, 6), marker_known=marker_known)
     max_slots = 16
-    ffs = FirstFinishV1(
-        SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=max_slots), model_config=None),
-        torch.device("cpu"),
-    )
-    ffs.set_tokenizer(StubTokenizer())  # reads stop strings
+    ffs, component = _processor(monkeypatch, max_slots)
     batch, ref = SimInputBatch(), Reference()
     waiting = deque(requests)
     capacity = rng.randint(3, max_slots)
@@ -284,23 +290,21 @@ def test_v1_adapter_matches_the_rule_through_adds_moves_swaps_and_preemption(see
                 finished_last_step.append(req)
         ref.end_step()
     assert all(r.finished for r in requests) and not waiting
-    assert ffs.core.num_members == 0 and not ffs.core.stopping_slots
+    ffs.update_state(batch.batch_update())  # the last finishers leave
+    assert component.core.num_members == 0 and not component.members_np.any()
 
 
-def test_v1_adapter_untouched_without_ffs_requests():
+def test_v1_adapter_untouched_without_ffs_requests(monkeypatch):
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    ffs = FirstFinishV1(
-        SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=4), model_config=None),
-        torch.device("cpu"),
-    )
+    ffs, component = _processor(monkeypatch, 4)
     params = SamplingParams(n=1, extra_args={"unrelated": 1})
     ffs.update_state(
         BatchUpdate(batch_size=2, removed=[], added=[(0, params, [1], []), (1, params, [2], [])], moved=[])
     )
     logits = torch.randn(2, VOCAB)
-    assert ffs.apply(logits.clone()).equal(logits) and ffs.core.num_members == 0
+    assert ffs.apply(logits.clone()).equal(logits) and component.core.num_members == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,17 +312,22 @@ def test_v1_adapter_untouched_without_ffs_requests():
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _buffer(t: torch.Tensor) -> SimpleNamespace:
+    return SimpleNamespace(gpu=t, np=t.numpy())  # host view and "device" tensor share memory
+
+
 class SimRequestStates:
-    """The fields of vLLM's V2 LogitsProcRequestState that FFS reads, as plain CPU tensors (`.gpu` like vLLM's)."""
+    """The fields of vLLM's V2 LogitsProcRequestState the adapter reads, as plain CPU tensors (`.gpu` / `.np` like
+    vLLM's buffers)."""
 
     def __init__(self, max_slots: int, max_len: int = 64):
         self.device = torch.device("cpu")
         self.max_num_reqs = max_slots
         self.vocab_size = VOCAB
-        self.all_token_ids = SimpleNamespace(gpu=torch.zeros(max_slots, max_len, dtype=torch.int32))
-        self.total_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
-        self.prompt_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
-        self.prefill_len = SimpleNamespace(gpu=torch.zeros(max_slots, dtype=torch.int32))
+        self.all_token_ids = _buffer(torch.zeros(max_slots, max_len, dtype=torch.int32))
+        self.total_len = _buffer(torch.zeros(max_slots, dtype=torch.int32))
+        self.prompt_len = _buffer(torch.zeros(max_slots, dtype=torch.int32))
+        self.prefill_len = _buffer(torch.zeros(max_slots, dtype=torch.int32))
 
     def fill(self, slot: int, prompt: list[int], out: list[int]) -> None:
         tokens = prompt + out
@@ -333,7 +342,7 @@ class SimRequestStates:
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(seed):
+def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(seed, monkeypatch):
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
 
     rng = random.Random(100 + seed)
@@ -343,7 +352,7 @@ def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(se
         req.params.stop = None
     max_slots = 12
     states = SimRequestStates(max_slots)
-    ffs = FirstFinishV2(SimpleNamespace(model_config=None), states)
+    ffs, _ = _processor(monkeypatch, max_slots, req_states=states)
     async_lag = seed % 2 == 1  # a finished request stays scheduled one more step (async scheduling)
     ref = Reference()
     free = list(range(max_slots - 1, -1, -1))  # vLLM's free list: the last freed slot is reused first
@@ -397,12 +406,12 @@ def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(se
     assert all(r.finished for r in requests) and not waiting
 
 
-def test_v2_apply_is_a_no_op_without_members_in_the_batch():
+def test_v2_apply_is_a_no_op_without_members_in_the_batch(monkeypatch):
     from vllm import SamplingParams
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
 
     states = SimRequestStates(4)
-    ffs = FirstFinishV2(SimpleNamespace(model_config=None), states)
+    ffs, _ = _processor(monkeypatch, 4, req_states=states)
     assert ffs.add_request(0, SamplingParams(n=1)) is False
     ffs.apply_staged_writes()
     slots = np.array([0])
@@ -421,6 +430,7 @@ def test_v2_apply_is_a_no_op_without_members_in_the_batch():
 
 def test_both_runners_load_the_tts_processor_by_name_and_validate_ffs_through_it():
     from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
     from vllm.v1.sample.logits_processor import (
         _load_logitsprocs_by_fqcns,
         validate_logits_processors_parameters,
@@ -443,9 +453,10 @@ def test_both_runners_load_the_tts_processor_by_name_and_validate_ffs_through_it
         params = SamplingParams(n=3, temperature=1.0, extra_args={"tts_first_finish": 2})
         validate(params)
         assert params.extra_args[RACE_SIZE_KEY] == 3
-        with pytest.raises(FirstFinishParamsError, match="exceeds") as error:
+        with pytest.raises(VLLMValidationError, match="exceeds") as error:
             validate(SamplingParams(n=3, temperature=1.0, extra_args={"tts_first_finish": 4}))
         assert error.value.parameter == "tts_first_finish"  # passed through, parameter kept (HTTP 400)
+        assert isinstance(error.value.__cause__, FirstFinishParamsError)
 
 
 # ----------------------------------------------------------------------------------------------------------------

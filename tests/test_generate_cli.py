@@ -32,7 +32,26 @@ def test_flags_map_onto_the_per_request_keys():
         "tts_first_finish": 2,
     }
     assert request_extra_args(parse()) == {}  # no flags: an untouched request
+    assert request_extra_args(parse("--max-think", "4", "--eos-in-thinking", "stop")) == {
+        "tts_max_think": 4,
+        "tts_eos_in_thinking": "stop",
+    }
     assert request_extra_args(parse("--wait", r"a\\nb"))["tts_wait"] == "a\\nb"  # an escaped backslash stays
+
+
+def test_every_config_field_is_a_flag_with_its_help_and_choices():
+    """The thinking flags are derived from `ThinkingConfig`'s fields, so a new key cannot be left out."""
+    from dataclasses import fields
+
+    from vllm_ttsplugin.config import ThinkingConfig
+
+    generate_parser = build_parser()._subparsers._group_actions[0].choices["generate"]
+    actions = {a.dest: a for a in generate_parser._actions}
+    for f in fields(ThinkingConfig):
+        action = actions[f.name.removeprefix("tts_")]
+        assert action.option_strings == ["--" + f.name.removeprefix("tts_").replace("_", "-")]
+        assert action.help.startswith(f.name) and f.metadata["help"] in action.help
+        assert tuple(action.choices or ()) == f.metadata["choices"]
 
 
 def test_engine_sizing_is_small_for_the_tiny_model_and_vllms_own_for_a_user_model():
@@ -84,6 +103,7 @@ def test_garbage_is_refused_naming_the_flag_before_any_engine_starts(argv, flag,
     "argv,flag",
     [
         (["generate", "--max-think", "many"], "--max-think"),
+        (["generate", "--eos-in-thinking", "never"], "--eos-in-thinking"),
         (["generate", "--n", "0"], "--n"),
         (["generate", "--max-tokens", "-3"], "--max-tokens"),
         (["generate", "--max-model-len", "0"], "--max-model-len"),

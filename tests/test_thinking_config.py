@@ -40,6 +40,7 @@ def test_round_trip_through_extra_args():
         "tts_think_start",
         "tts_end_temperature",
         "tts_end_bias",
+        "tts_eos_in_thinking",
     }
 
 
@@ -74,6 +75,10 @@ GARBAGE = [
     ({"tts_end_bias": -math.inf}, "tts_end_bias"),
     ({"tts_end_bias": math.nan}, "tts_end_bias"),
     ({"tts_end_bias": 1.0, "tts_end_temperature": 2.0}, "tts_end_bias"),
+    ({"tts_eos_in_thinking": "never"}, "tts_eos_in_thinking"),
+    ({"tts_eos_in_thinking": 1}, "tts_eos_in_thinking"),
+    ({"tts_eos_in_thinking": ""}, "tts_eos_in_thinking"),
+    ({"tts_eos_in_thinking": None}, "tts_eos_in_thinking"),
     ({"tts_first_finish": 2}, "tts_first_finish"),
     ({"tts_group": "a"}, "tts_group"),
 ]
@@ -173,6 +178,37 @@ def test_tokenizer_dependent_garbage(table, config, name):
     assert err.value.parameter == name
 
 
+def test_the_engines_reasoning_configuration_comes_before_the_built_in_list(tokenizer):
+    """With `--reasoning-parser` / `--reasoning-config`, the engine's start and (natural) end markers are the
+    default delimiters, even where the tokenizer has one of the built-in ones."""
+    from vllm_ttsplugin.vocab import reasoning_delimiters, vocab_for
+
+    s1 = (tuple(tokenizer.encode("<|im_start|>think")), tuple(tokenizer.encode("<|im_start|>answer")))
+    spec = resolve_thinking(ThinkingConfig(tts_max_think=3), vocab_for(tokenizer, None, s1))
+    assert (spec.start_ids, spec.end_ids) == s1
+    plain = resolve_thinking(ThinkingConfig(tts_max_think=3), vocab_for(tokenizer))
+    assert plain.end_ids == tuple(tokenizer.encode("</think>"))
+    # The request's own keys still win; ids outside the vocabulary are refused naming the key.
+    own = resolve_thinking(
+        ThinkingConfig(tts_max_think=3, tts_think_end="</think>"), vocab_for(tokenizer, None, s1)
+    )
+    assert own.end_ids == plain.end_ids and own.start_ids == ()
+    with pytest.raises(ThinkingConfigError, match="reasoning configuration") as err:
+        resolve_thinking(ThinkingConfig(tts_max_think=3), vocab_for(tokenizer, 10, s1))
+    assert err.value.parameter == "tts_think_end"
+    # What vLLM's ReasoningConfig holds once enabled: its start ids and the parser's natural end ids.
+    config = SimpleNamespace(
+        reasoning_config=SimpleNamespace(
+            enabled=True,
+            reasoning_start_token_ids=list(s1[0]),
+            reasoning_end_token_ids=[9, 9, *s1[1]],  # vLLM forces a transition phrase + the end marker
+            natural_reasoning_end_token_ids=list(s1[1]),
+        )
+    )
+    assert reasoning_delimiters(config) == s1
+    assert reasoning_delimiters(SimpleNamespace(reasoning_config=None)) is None
+
+
 def test_undetectable_default_delimiter():
     vocab = TokenizerVocab(_FakeTokenizer({}), vocab_size=100)
     with pytest.raises(ThinkingConfigError, match="tts_think_end"):
@@ -213,8 +249,32 @@ def test_validate_params_uses_the_frontend_input_processor(tokenizer):
     frontend.renderer = SimpleNamespace(tokenizer=None)
     with pytest.raises(VLLMValidationError, match="tokenizer"):
         _validate_params(frontend, SamplingParams(extra_args={"tts_max_think": 4}))
+    # First Finish Search needs no tokenizer (losers are then stopped with EOS, unmarked).
+    _validate_params(frontend, SamplingParams(n=2, extra_args={"tts_first_finish": 1}))
+    # Speculative decoding: the engine's processor is inert, so controlled requests are refused at admission.
+    frontend.renderer = SimpleNamespace(tokenizer=tokenizer)
+    frontend.speculative_config = object()
+    for extra, name in (
+        ({"tts_max_think": 4}, "tts_max_think"),
+        ({"tts_first_finish": 1}, "tts_first_finish"),
+    ):
+        with pytest.raises(VLLMValidationError, match="speculative decoding") as err:
+            _validate_params(frontend, SamplingParams(n=2, extra_args=extra))
+        assert err.value.parameter == name
     # Outside any admission path only tokenizer-free checks run (the engine re-checks and skips safely).
     TTSLogitsProcessor.validate_params(bad)
     with pytest.raises(VLLMValidationError, match="tts_max_think"):
         TTSLogitsProcessor.validate_params(SamplingParams(extra_args={"tts_max_think": -4}))
     TTSLogitsProcessor.validate_params(SamplingParams())  # no tts_* keys: nothing to do
+
+
+def test_readme_key_table_lists_exactly_the_config_fields():
+    """The README's key table is the user's reference: one row per `ThinkingConfig` field, no more, no less."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Keys", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {key for row in rows for key in re.findall(r"`(tts_\w+)`", row.split("|")[1])}
+    assert documented == set(ThinkingConfig.keys())

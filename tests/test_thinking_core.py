@@ -27,15 +27,12 @@ from thinking_helpers import (
 from transformers import AutoTokenizer
 from vllm import SamplingParams
 
-from vllm_ttsplugin.thinking import (
-    PHASE_ANSWER,
-    PHASE_THINKING,
-    ThinkingControl,
-    counter_uniform,
-    end_token_probability,
-    scan_prompt,
-)
-from vllm_ttsplugin.vocab import SamplingView, ThinkingSpec, TokenizerVocab
+from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError
+from vllm_ttsplugin.prompts import scan_prompt
+from vllm_ttsplugin.report import report_tokens
+from vllm_ttsplugin.sampling import attempt_probability, counter_uniform, end_token_probability
+from vllm_ttsplugin.thinking import PHASE_ANSWER, PHASE_THINKING, ThinkingControl
+from vllm_ttsplugin.vocab import SamplingView, ThinkingSpec, TokenizerVocab, resolve_thinking
 
 # -- counter-based uniforms -------------------------------------------------------------------------------------
 
@@ -134,6 +131,7 @@ def ids(vocab):
         "im_start": enc("<|im_start|>")[0],
         "think": enc("<|im_start|>think")[-1],
         "s1_end": list(enc("<|im_start|>answer")),
+        "text_end": list(enc("</answer>")),
         "open_prompt": enc("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"),
         "closed_prompt": enc("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
     }
@@ -144,9 +142,10 @@ def ops(request, monkeypatch):
     """The core runs its per-step arithmetic on numpy views on the CPU and on torch on accelerators: force each
     namespace in turn so both are checked against the reference (torch is what GPUs run)."""
     import vllm_ttsplugin.thinking as thinking
+    from vllm_ttsplugin.arrays import TorchOps
 
     if request.param == "torch":
-        monkeypatch.setattr(thinking.ThinkingControl, "_ops", lambda self, *tensors: thinking._TorchOps)
+        monkeypatch.setattr(thinking, "ops_for", lambda device, pin, *tensors: TorchOps(device, pin))
     return request.param
 
 
@@ -175,8 +174,20 @@ def _run_three_ways(monkeypatch, vocab, make_reqs, max_num_seqs=8):
     return v1_reqs
 
 
-def _params(temperature=0.0, seed=None, **extra):
-    return SamplingParams(temperature=temperature, seed=seed, max_tokens=32, extra_args=extra or None)
+EOS = 2  # the tiny tokenizer's <|im_end|>
+
+
+def _params(temperature=0.0, seed=None, eos=True, **extra):
+    """A request's params as the engine sees them: EOS set from the generation config (vLLM does this at
+    admission), so EOS inside thinking is an end attempt."""
+    params = SamplingParams(temperature=temperature, seed=seed, max_tokens=32, extra_args=extra or None)
+    if eos:
+        params.update_from_generation_config({}, EOS)
+    return params
+
+
+def _report(tokens, prompt, vocab, **config):
+    return report_tokens(tokens, prompt, ThinkingConfig(**config), vocab, (EOS,))
 
 
 def test_max_budget_forces_end_then_answer_prefix(ops, monkeypatch, vocab, ids):
@@ -192,61 +203,143 @@ def test_max_budget_forces_end_then_answer_prefix(ops, monkeypatch, vocab, ids):
     assert out[0].output[6 : 6 + len(ids["prefix"])] == list(ids["prefix"])
     assert ids["end"] not in out[0].output[:5]
     assert out[1].output[7] == ids["end"] and ids["end"] not in out[1].output[:7]
+    report = _report(
+        out[0].output, ids["open_prompt"], vocab, tts_max_think=5, tts_answer_prefix="\nFinal Answer:"
+    )
+    assert (report.thinking_tokens, report.end) == (5, "budget")
+    assert report.forced_positions == tuple(range(5, 6 + len(ids["prefix"])))  # the end and the whole prefix
 
 
 def test_min_budget_greedy_injects_waits_where_the_model_tries_to_end(ops, monkeypatch, vocab, ids):
     end, wait = ids["end"], ids["wait"][0]
-    boost = {p: {end: 60.0} for p in (2, 3, 9)}
+    boost = {p: {end: 60.0} for p in (2, 4, 6, 12)}
 
     def make():
         return [
             Req("min", _params(tts_min_think=8), ids["open_prompt"], boost=dict(boost)),
             Req(
-                "min-2waits", _params(tts_min_think=8, tts_max_waits=1), ids["open_prompt"], boost=dict(boost)
+                "min-1wait", _params(tts_min_think=8, tts_max_waits=1), ids["open_prompt"], boost=dict(boost)
             ),
             Req("vanilla", _params(), ids["open_prompt"], boost=dict(boost)),
         ]
 
     out = _run_three_ways(monkeypatch, vocab, make)
-    assert out[0].output[2] == wait and out[0].output[3] == wait  # attempts at 2 and 3 replaced
-    assert out[0].output[9] == end  # count 9 >= 8: the end is allowed
-    assert out[1].output[2] == wait and out[1].output[3] == end  # max_waits=1: second attempt ends thinking
+    # Attempts at 2, 4, 6 (2, 3, 4 model tokens so far) become waits; a wait is not a thinking token, so at 12
+    # the model has written 2 + 1 + 1 + 5 = 9 >= 8 tokens and may end.
+    assert [out[0].output[p] for p in (2, 4, 6, 12)] == [wait, wait, wait, end]
+    assert end not in out[0].output[:12] and out[0].output.count(wait) == 3
+    report = _report(out[0].output, ids["open_prompt"], vocab, tts_min_think=8)
+    assert (report.thinking_tokens, report.waits, report.end) == (9, 3, "natural")
+    assert report.wait_positions == (2, 4, 6) and report.forced_positions == (2, 4, 6)
+    assert (
+        out[1].output[2] == wait and out[1].output[4] == end
+    )  # max_waits=1: the second attempt ends thinking
     assert out[2].output[2] == end  # without control the model ends at 2
 
 
-def test_multi_token_wait_is_always_completed_and_counts_as_thinking(ops, monkeypatch, vocab, ids):
+def test_the_token_after_a_wait_is_never_an_end_attempt(ops, monkeypatch, vocab, ids):
+    """s1 continues every round after a wait with `min_tokens=1`: the model writes at least one token of its own
+    between waits, so with the end token always on top the minimum is met by model tokens, not by waits."""
+    end, wait = ids["end"], ids["wait"][0]
+
+    def make():
+        boost = {p: {end: 60.0} for p in range(20)}
+        return [Req("w", _params(tts_min_think=3), ids["open_prompt"], boost=boost, max_tokens=10)]
+
+    (r,) = _run_three_ways(monkeypatch, vocab, make)
+    assert r.output[0::2][:3] == [wait] * 3 and r.output[6] == end
+    assert all(t not in (end, wait) for t in r.output[1:6:2])
+    report = _report(r.output, ids["open_prompt"], vocab, tts_min_think=3)
+    assert (report.thinking_tokens, report.waits, report.end) == (3, 3, "natural")
+
+
+def test_multi_token_wait_is_always_completed_and_not_counted(ops, monkeypatch, vocab, ids):
     end = ids["end"]
     wait = list(ids["wait3"])
     assert len(wait) > 2
 
     def make():
-        # End attempts at 1 and at every position of the wait text: the wait text is still completed.
-        boost = {p: {end: 60.0} for p in range(1, 1 + len(wait) + 1)}
+        # End attempts at 1 and at every position of the wait text and after it: the wait text is completed,
+        # the token after it is the model's own, then the next attempt is below the minimum again.
+        boost = {p: {end: 60.0} for p in range(1, 2 * len(wait) + 4)}
         return [
             Req("w", _params(tts_min_think=3, tts_wait="Wait, let me check"), ids["open_prompt"], boost=boost)
         ]
 
     (r,) = _run_three_ways(monkeypatch, vocab, make)
-    assert r.output[1 : 1 + len(wait)] == wait
-    # Thinking count after the wait is 1 + len(wait) >= 3: the next attempt ends thinking.
-    assert r.output[1 + len(wait)] == end
+    k = len(wait)
+    assert r.output[1 : 1 + k] == wait and r.output[1 + k] not in (end, wait[0])
+    assert r.output[2 + k : 2 + 2 * k] == wait  # 2 model tokens < 3: the next attempt is a wait again
+    report = _report(r.output, ids["open_prompt"], vocab, tts_min_think=3, tts_wait="Wait, let me check")
+    assert report.wait_positions[:2] == (1, 2 + k)
+    assert set(range(1, 1 + k)) <= set(report.forced_positions)
 
 
-def test_wait_that_does_not_fit_before_max_is_not_started(ops, monkeypatch, vocab, ids):
-    end = ids["end"]
-    wait = list(ids["wait3"])
+def test_min_equal_to_max_counts_only_model_tokens(ops, monkeypatch, vocab, ids):
+    end, wait = ids["end"], ids["wait"][0]
 
     def make():
-        boost = {p: {end: 60.0} for p in range(0, 12)}
-        params = _params(tts_min_think=6, tts_max_think=6, tts_wait="Wait, let me check")
-        return [Req("fit", params, ids["open_prompt"], boost=boost)]
+        boost = {p: {end: 60.0} for p in range(40)}
+        params = _params(tts_min_think=6, tts_max_think=6, tts_answer_prefix="\nFinal Answer:")
+        return [Req("fit", params, ids["open_prompt"], boost=boost, max_tokens=20)]
 
     (r,) = _run_three_ways(monkeypatch, vocab, make)
-    # A wait at 0 fits (len(wait) <= 6); the next attempt would overflow max=6, so the end token is excluded
-    # and thinking runs to exactly 6 tokens, where the end is forced.
-    assert r.output[: len(wait)] == wait
-    assert end not in r.output[len(wait) : 6]
-    assert r.output[6] == end
+    # wait, model token, six times: 6 model tokens, then the budget forces the end (and the answer prefix).
+    assert r.output[0:12:2] == [wait] * 6 and r.output[12] == end
+    assert r.output[13 : 13 + len(ids["prefix"])] == list(ids["prefix"])
+    report = _report(
+        r.output,
+        ids["open_prompt"],
+        vocab,
+        tts_min_think=6,
+        tts_max_think=6,
+        tts_answer_prefix="\nFinal Answer:",
+    )
+    assert (report.thinking_tokens, report.waits, report.end) == (6, 6, "budget")
+
+
+def test_eos_inside_thinking_is_an_end_attempt(ops, monkeypatch, vocab, ids):
+    """An EOS sampled while thinking means what s1's loop makes of it: below the minimum the wait text, with the
+    end allowed the end delimiter (thinking ends naturally, the answer follows); `tts_eos_in_thinking="stop"`
+    keeps vLLM's meaning. After thinking, EOS ends the completion as usual."""
+    end, wait = ids["end"], ids["wait"][0]
+    boost = {2: {EOS: 60.0}, 5: {EOS: 60.0}, 9: {EOS: 60.0}}
+
+    def make():
+        return [
+            Req("min", _params(tts_min_think=5), ids["open_prompt"], boost=dict(boost)),
+            Req(
+                "max",
+                _params(tts_max_think=20, tts_answer_prefix="\nFinal Answer:"),
+                ids["open_prompt"],
+                boost=dict(boost),
+            ),
+            Req(
+                "stop",
+                _params(tts_max_think=20, tts_eos_in_thinking="stop"),
+                ids["open_prompt"],
+                boost=dict(boost),
+            ),
+            Req("ignore-eos", _params(tts_max_think=20, eos=False), ids["open_prompt"], boost=dict(boost)),
+            Req(
+                "sampled",
+                _params(1.0, 4, tts_min_think=4),
+                ids["open_prompt"],
+                boost={p: {EOS: 9.0} for p in range(20)},
+            ),
+        ]
+
+    out = _run_three_ways(monkeypatch, vocab, make)
+    # Attempts at 2 and 5 (2 and 4 model tokens < 5) become waits; at 9 (7 model tokens) the end delimiter.
+    assert [out[0].output[p] for p in (2, 5, 9)] == [wait, wait, end] and EOS not in out[0].output[:9]
+    assert out[1].output[2] == end and EOS not in out[1].output[:3]  # natural end, no answer prefix
+    assert out[1].output[3 : 3 + len(ids["prefix"])] != list(ids["prefix"])
+    assert out[1].output[5] == EOS  # the answer ends at EOS as usual
+    assert out[2].output[2] == EOS and out[3].output[2] == EOS  # opt-out / ignore_eos: untouched
+    assert end in out[4].output and wait in out[4].output
+    assert EOS not in out[4].output[: out[4].output.index(end)]
+    report = _report(out[4].output, ids["open_prompt"], vocab, tts_min_think=4)
+    assert report.end == "natural" and report.thinking_tokens >= 4
 
 
 def test_start_delimiter_emitted_by_the_model_and_multi_token_delimiters(ops, monkeypatch, vocab, ids):
@@ -310,6 +403,85 @@ def test_end_scaling_and_sampled_min_agree_on_all_paths(ops, monkeypatch, vocab,
         assert ids["wait"][0] in r.output  # the sampled min budget injected at least one wait
 
 
+def test_text_delimiter_recognised_only_when_written_whole(ops, monkeypatch, vocab, ids):
+    """`</answer>` is `</` `an` `swer` `>` here: `</` is ordinary text. A `</` (or `</an`) the model writes is
+    left exactly as without the processor; the whole delimiter ends thinking naturally; the max budget forces it
+    whole; an EOS attempt forces it too."""
+    text_end = list(ids["text_end"])
+    slash, rest = text_end[0], text_end[1:]
+    partial = {2: {slash: 60.0}, 6: {slash: 60.0}, 7: {rest[0]: 60.0}}  # `</` alone, then `</an` + something
+    whole = {9 + j: {t: 60.0} for j, t in enumerate(text_end)}  # the model writes `</answer>` at 9..12
+    config = {"tts_think_end": "</answer>", "tts_max_think": 20}
+    budget = {"tts_think_end": "</answer>", "tts_max_think": 4, "tts_answer_prefix": "\nFinal Answer:"}
+
+    def make():
+        eos_boost = {p: {EOS: 3.0} for p in range(20)}
+        return [
+            Req("partial", _params(**config), ids["closed_prompt"], boost={**partial, **whole}),
+            Req("plain", _params(), ids["closed_prompt"], boost={**partial, **whole}, twin="partial"),
+            Req("budget", _params(**budget), ids["closed_prompt"], boost=dict(partial)),
+            Req("eos", _params(**config), ids["closed_prompt"], boost={3: {EOS: 60.0}}),
+            Req("eos-sampled", _params(1.0, 9, **config), ids["closed_prompt"], boost=eos_boost),
+        ]
+
+    out = _run_three_ways(monkeypatch, vocab, make)
+    assert out[0].output[:13] == out[1].output[:13]  # nothing changed up to and including the delimiter
+    assert out[0].output[2] == slash and out[0].output[6:8] == [slash, rest[0]]
+    report = _report(out[0].output, ids["closed_prompt"], vocab, **config)
+    assert (report.end, report.think_end, report.thinking_tokens, report.forced_positions) == (
+        "natural",
+        9,
+        9,
+        (),
+    )
+    assert out[2].output[4:8] == text_end and out[2].output[8 : 8 + len(ids["prefix"])] == list(ids["prefix"])
+    report = _report(out[2].output, ids["closed_prompt"], vocab, **budget)
+    assert (report.end, report.thinking_tokens) == ("budget", 4)
+    assert out[3].output[3:7] == text_end  # EOS at 3 became the end of thinking
+    assert _report(out[3].output, ids["closed_prompt"], vocab, **config).end == "natural"
+    sampled = out[4].output
+    assert EOS not in sampled[: sampled.index(slash) if slash in sampled else None]
+
+
+def test_text_delimiters_refuse_what_they_cannot_do_exactly(vocab):
+    for extra in (
+        {"tts_min_think": 4},
+        {"tts_end_bias": 1.0},
+        {"tts_end_temperature": 0.5, "tts_max_think": 9},
+    ):
+        with pytest.raises(ThinkingConfigError, match="ordinary-text token") as err:
+            resolve_thinking(ThinkingConfig(tts_think_end="</answer>", **extra), vocab)
+        assert err.value.parameter == "tts_think_end"
+    # A special first token (s1's <|im_start|>answer) is an end attempt on its own: everything is allowed.
+    spec = resolve_thinking(ThinkingConfig(tts_think_end="<|im_start|>answer", tts_min_think=4), vocab)
+    assert spec.end_is_attempt and len(spec.end_ids) == 3
+    assert not resolve_thinking(
+        ThinkingConfig(tts_think_end="</answer>", tts_max_think=4), vocab
+    ).end_is_attempt
+
+
+def test_attempt_probability_is_the_mass_of_the_attempt_tokens():
+    """The probability of an end attempt is a multi-token event: p(E[0]) + p(EOS) + p(stop tokens) under the
+    request's distribution after temperature and truncation, each token once."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 30, generator=g)
+    tokens = torch.tensor([[3, 7, -1], [3, 3, 7], [5, -1, -1], [1, 2, 3]])
+    temperature = torch.tensor([1.0, 0.7, 1.3, 1.0])
+    probs = (logits / temperature[:, None]).softmax(-1)
+    expected = torch.stack(
+        [probs[0, [3, 7]].sum(), probs[1, [3, 7]].sum(), probs[2, 5], probs[3, [1, 2, 3]].sum()]
+    )
+    torch.testing.assert_close(attempt_probability(logits, tokens, temperature), expected)
+    top_p = torch.tensor([1.0, 0.8, 1.0, 0.5])
+    per_token = [
+        end_token_probability(logits, torch.full((4,), t), temperature, None, top_p) for t in range(30)
+    ]
+    expected = torch.stack(
+        [sum(per_token[t][r] for t in set(tokens[r].tolist()) if t >= 0) for r in range(4)]
+    )
+    torch.testing.assert_close(attempt_probability(logits, tokens, temperature, None, top_p), expected)
+
+
 def test_requests_without_tts_keys_are_bit_identical(ops, monkeypatch, vocab, ids):
     use_vocab(monkeypatch, vocab)
     driver = V1Driver(4, vocab.vocab_size)
@@ -341,6 +513,8 @@ _CONFIGS = [
     {"tts_end_bias": 3.0},
     {"tts_end_temperature": 0.3, "tts_max_think": 12},
     {"tts_think_start": "<|im_start|>think", "tts_think_end": "<|im_start|>answer", "tts_max_think": 3},
+    {"tts_think_end": "</answer>", "tts_max_think": 7},
+    {"tts_min_think": 4, "tts_eos_in_thinking": "stop"},
 ]
 
 
@@ -353,8 +527,14 @@ def _random_request(rng: random.Random, i: int, ids) -> Req:
         max_tokens=64,
         extra_args=extra or None,
     )
-    end = ids["end"] if "tts_think_end" not in extra else ids["im_start"]
-    boost = {p: {end: rng.choice([2.0, 4.0, 60.0])} for p in rng.sample(range(16), 6)}
+    if rng.random() < 0.7:
+        params.update_from_generation_config({}, EOS)  # EOS inside thinking is an end attempt
+    end = {"</answer>": ids["text_end"][0], "<|im_start|>answer": ids["im_start"]}.get(
+        extra.get("tts_think_end"), ids["end"]
+    )
+    boost = {p: {rng.choice([end, end, EOS]): rng.choice([2.0, 4.0, 60.0])} for p in rng.sample(range(16), 6)}
+    if "</answer>" in extra.values() and rng.random() < 0.5:
+        boost.update({8 + j: {t: 60.0} for j, t in enumerate(ids["text_end"])})
     if "tts_think_start" in extra:
         boost[1] = {ids["im_start"]: 60.0}
         boost[2] = {ids["think"]: 60.0}
@@ -380,11 +560,11 @@ def test_v1_randomized_persistent_batch(ops, monkeypatch, vocab, ids, seed):
         for r in [r for r in driver.batch if r is not None and r.done]:
             driver.remove(r)
             finished.append(r)
-        if driver.batch and rng.random() < 0.05:
+        if driver.num_reqs and rng.random() < 0.05:
             victim = rng.choice([r for r in driver.batch if r is not None])
             driver.remove(victim)
             aborted.add(victim.key)
-        if driver.batch and rng.random() < 0.25:
+        if driver.num_reqs and rng.random() < 0.25:
             victim = rng.choice([r for r in driver.batch if r is not None])
             driver.remove(victim)
             replay = kinds[True] <= kinds[False]  # alternate the two kinds of resumption
@@ -524,51 +704,29 @@ def test_discarded_steps_leave_no_state():
     assert control.state(0)["think"] == 0 and control.state(0)["phase"] == PHASE_THINKING
 
 
-def test_runner_components_own_their_keys_and_run_last(monkeypatch, vocab, ids):
-    """How First Finish Search plugs in: a runner component validated at admission and applied after ours."""
-    from vllm.exceptions import VLLMValidationError
-    from vllm.v1.sample.logits_processor import BatchUpdateBuilder
+def test_first_finish_plugs_in_as_a_slot_component_and_wins(monkeypatch, vocab, ids):
+    """Both controls plug in the same way (slot components over one adapter); First Finish runs last, so its stop
+    wins over a forced end delimiter on the same row."""
+    import copy
 
-    from vllm_ttsplugin import TTSLogitsProcessor
-    from vllm_ttsplugin.processor import RunnerComponent
+    from vllm_ttsplugin.components import COMPONENTS, FirstFinishComponent, SlotComponent, ThinkingComponent
+    from vllm_ttsplugin.ffs import find_marker_token, validate_first_finish_params
 
+    assert [ThinkingComponent, FirstFinishComponent] == COMPONENTS
+    assert all(issubclass(c, SlotComponent) for c in COMPONENTS)
     use_vocab(monkeypatch, vocab)
-    stop_token = 7
-
-    class StopEverything:  # a stand-in for First Finish's V1 processor: forces one token on every row
-        def __init__(self, vllm_config, device, is_pin_memory):
-            self.updates = 0
-
-        def update_state(self, batch_update):
-            self.updates += 1
-
-        def apply(self, logits):
-            logits.fill_(-math.inf)
-            logits[:, stop_token] = 0.0
-            return logits
-
-    def validate(params):
-        k = (params.extra_args or {}).get("tts_first_finish")
-        if k is not None and (not isinstance(k, int) or k < 1):
-            raise VLLMValidationError(
-                "`tts_first_finish` must be an integer >= 1", parameter="tts_first_finish"
-            )
-
-    class Composed(TTSLogitsProcessor):
-        runner_components = (RunnerComponent(("tts_first_finish", "tts_group"), validate, v1=StopEverything),)
-
-    Composed.validate_params(_params(tts_first_finish=2, tts_group="g", tts_max_think=3))
-    with pytest.raises(VLLMValidationError, match="tts_first_finish"):
-        Composed.validate_params(_params(tts_first_finish=0))
-    with pytest.raises(VLLMValidationError, match="tts_first_finish"):  # without the component: reserved key
-        TTSLogitsProcessor.validate_params(_params(tts_first_finish=2))
-
-    from thinking_helpers import fake_vllm_config
-
-    proc = Composed(fake_vllm_config(2), torch.device("cpu"), False)
-    builder = BatchUpdateBuilder()
-    output: list[int] = []
-    builder.added.append((0, _params(tts_max_think=1, tts_first_finish=1), ids["open_prompt"], output))
-    proc.update_state(builder.get_and_reset(1))
-    logits = proc.apply(torch.zeros(1, vocab.vocab_size))
-    assert proc._extra[0].updates == 1 and int(logits.argmax()) == stop_token  # the runner component won
+    parent = _params(tts_max_think=1, tts_first_finish=1, tts_eos_in_thinking="stop")
+    parent.n = 2
+    validate_first_finish_params(parent)
+    children = [copy.copy(parent) for _ in range(2)]
+    for child in children:
+        child.n = 1
+    driver = V1Driver(4, vocab.vocab_size)
+    a = Req("a", children[0], ids["open_prompt"], boost={0: {EOS: 60.0}})  # finishes at once (EOS)
+    b = Req("b", children[1], ids["open_prompt"])
+    driver.add(a)
+    driver.add(b)
+    driver.step()
+    assert a.output == [EOS] and b.output[0] != ids["end"]
+    driver.step()  # b is due to get the forced end delimiter (max 1): First Finish stops it instead
+    assert b.output[1] == find_marker_token(vocab.tokenizer, vocab.vocab_size)

@@ -120,3 +120,52 @@ def test_config_errors_surface_at_construction(model_and_tokenizer):
         ThinkingLogitsProcessor(ThinkingConfig(tts_max_think=3, tts_think_end="<|im_end|>"), tokenizer)
     with pytest.raises(ThinkingConfigError, match="tts_min_think"):
         ThinkingConfig(tts_min_think=-3)
+
+
+def test_a_new_generate_call_starts_afresh_whatever_its_length(model_and_tokenizer):
+    """The processor follows one sequence; a later call is recognised as new even when its prompt is exactly as long
+    as the sequence it saw last (or one token longer), which once made it continue the old state."""
+    model, tokenizer = model_and_tokenizer
+    end = tokenizer.convert_tokens_to_ids("</think>")
+    config = ThinkingConfig(tts_max_think=4)
+    processor = ThinkingLogitsProcessor(config, tokenizer)
+    first = _inputs(tokenizer, ["What is 2 + 2?"])
+    kwargs = dict(do_sample=False, logits_processor=[processor], eos_token_id=None, pad_token_id=0)
+    model.generate(**first, max_new_tokens=12, **kwargs)
+    seen = processor.seen_len
+    base = first.input_ids[0].tolist()
+    filler = tokenizer.encode(" the", add_special_tokens=False)
+    vocab = vocab_for(tokenizer)
+    for length in (seen, seen + 1):
+        prompt = filler * (length - len(base)) + base  # still ends inside the open think block
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, **kwargs)
+        completion = out[0, ids.shape[1] :].tolist()
+        report = report_tokens(completion, prompt, config, vocab)
+        assert (report.thinking_tokens, report.end) == (4, "budget") and completion[4] == end
+
+
+def test_sampled_rows_it_does_not_control_are_unchanged_and_runs_reproducible(model_and_tokenizer):
+    """Without a seed the processor keys its decisions on `torch.initial_seed()` and never draws from torch's
+    random state: the rows it does not control sample exactly as without it, and `torch.manual_seed` makes runs
+    repeat."""
+    model, tokenizer = model_and_tokenizer
+    end = tokenizer.convert_tokens_to_ids("</think>")
+    inputs = _inputs(tokenizer, ["What is 2 + 2?", "Is 17 prime?"])
+    kwargs = dict(do_sample=True, temperature=1.0, max_new_tokens=16, eos_token_id=None, pad_token_id=0)
+
+    def run(seed, with_processor):
+        processors = [EndBias(end, [6.0, 6.0])]
+        if with_processor:
+            processors.append(
+                ThinkingLogitsProcessor(
+                    [ThinkingConfig(tts_min_think=10), ThinkingConfig()], tokenizer, do_sample=True
+                )
+            )
+        torch.manual_seed(seed)
+        return _completions(model.generate(**inputs, logits_processor=processors, **kwargs), inputs)
+
+    a, b, plain = run(3, True), run(3, True), run(3, False)
+    assert a == b and a[1] == plain[1]  # the uncontrolled row is untouched
+    assert a[0] != plain[0] and tokenizer.convert_tokens_to_ids("Wait") in a[0]
+    assert run(4, True)[0] != a[0]

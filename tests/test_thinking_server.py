@@ -1,4 +1,4 @@
-"""The OpenAI-compatible server with `--logits-processors vllm_ttsplugin:TTSLogitsProcessor` on loopback.
+"""The OpenAI-compatible server on loopback, with ttsplugin installed (its processor comes from the entry point).
 
 One server process (multiprocess engine core, as deployed): `vllm_xargs` on /v1/completions and
 /v1/chat/completions, HTTP 400 naming the parameter for invalid values (validated in the API-server process

@@ -162,6 +162,101 @@ def test_children_of_n_are_seeded_like_separate_requests(llm, info, prompts):
     assert len({tuple(c.token_ids) for c in grouped.outputs}) == 3
 
 
+# -- EOS inside thinking --------------------------------------------------------------------------------------------
+
+
+def test_eos_inside_thinking_is_an_end_attempt_with_s1s_meaning(llm, info, prompts):
+    """s1's loop stops a thinking round at the end delimiter *or* EOS, then appends the wait text (below the
+    minimum) or the end delimiter and generates the answer. In-engine, an EOS sampled inside an open think block
+    is that end attempt; `tts_eos_in_thinking="stop"` keeps vLLM's meaning (the completion ends)."""
+    eos, end = llm.get_tokenizer().eos_token_id, info.think_end_ids[0]
+    # Minimum budget, temperature 1, n=16, EOS +4: without the rule, 8 of 16 completions end by EOS below 40
+    # thinking tokens (reported 'open'); with it none does.
+    common = dict(n=16, seed=0, temperature=1.0, max_tokens=80, logit_bias={eos: 4.0})
+    for mode, early in (("end_attempt", 0), ("stop", 8)):
+        config = ThinkingConfig(tts_min_think=40, tts_eos_in_thinking=mode)
+        (out,) = _gen(llm, prompts[:1], config.sampling_params(**common))
+        reports = thinking_report(out, config, llm)
+        ended_early = [
+            r
+            for c, r in zip(out.outputs, reports, strict=True)
+            if c.finish_reason == "stop" and r.end == "open" and r.thinking_tokens < 40
+        ]
+        assert len(ended_early) == early, mode
+        if mode == "end_attempt":
+            for c, r in zip(out.outputs, reports, strict=True):
+                ids = list(c.token_ids)
+                thinking = ids[: r.think_end] if r.think_end is not None else ids
+                assert eos not in thinking and end not in thinking
+                assert r.thinking_tokens >= 40 or (r.end == "open" and c.finish_reason == "length")
+    # Max budget only, greedy, EOS +2: where the model alone ends by EOS inside thinking (at 6, 14 and 4), the end
+    # delimiter comes instead, thinking ends naturally and the answer follows.
+    base = dict(max_tokens=40, temperature=0, logit_bias={eos: 2.0})
+    vanilla = _gen(llm, prompts, SamplingParams(**base))
+    first_eos = [
+        list(o.outputs[0].token_ids).index(eos) if eos in o.outputs[0].token_ids else None for o in vanilla
+    ]
+    assert first_eos == [6, 14, 4, None]
+    config = ThinkingConfig(tts_max_think=17, tts_answer_prefix="\nFinal Answer:")
+    for out, ref, k in zip(
+        _gen(llm, prompts, config.sampling_params(**base)), vanilla, first_eos, strict=True
+    ):
+        ids, ref_ids = list(out.outputs[0].token_ids), list(ref.outputs[0].token_ids)
+        (report,) = thinking_report(out, config, llm)
+        if k is None:
+            assert (report.end, report.thinking_tokens) == ("budget", 17)
+            continue
+        assert ids[:k] == ref_ids[:k] and ids[k] == end and len(ids) > k + 1
+        assert (report.end, report.thinking_tokens, report.think_end) == ("natural", k, k)
+        assert "Final Answer" not in out.outputs[0].text  # a natural end gets no answer prefix
+
+
+def test_after_a_wait_the_model_writes_before_it_may_try_again(llm, info, prompts):
+    """Greedy with the end token on top: s1 continues after each wait with min_tokens=1, so a minimum of 3 is
+    met by three tokens of the model's own between the waits (`Wait x Wait y Wait z </think>`), not by
+    `Wait Wait Wait </think>` (injected tokens are not thinking tokens)."""
+    tokenizer = llm.get_tokenizer()
+    end = info.think_end_ids[0]
+    wait = tokenizer.encode("Wait", add_special_tokens=False)[0]
+    config = ThinkingConfig(tts_min_think=3)
+    base = dict(max_tokens=10, temperature=0, logit_bias={end: 30.0})
+    for out, loop in zip(
+        _gen(llm, prompts, config.sampling_params(**base)),
+        reprompt_budget_forcing(llm, prompts, config, SamplingParams(**base), mode="tokens"),
+        strict=True,
+    ):
+        ids = list(out.outputs[0].token_ids)
+        assert ids[0:6:2] == [wait] * 3 and ids[6] == end and all(t not in (wait, end) for t in ids[1:6:2])
+        assert ids == loop.token_ids[:10]
+        (report,) = thinking_report(out, config, llm)
+        assert (report.thinking_tokens, report.waits, report.end) == (3, 3, "natural")
+
+
+def test_forced_positions_let_users_drop_forced_logprobs(llm, info, prompts):
+    """Forced tokens keep the model's raw logprobs (a forced `</think>` is unlikely under the model): the report
+    lists their positions, and `model_logprob_sum` is `cumulative_logprob` without them."""
+    end = info.think_end_ids[0]
+    config = ThinkingConfig(tts_min_think=6, tts_max_think=9, tts_answer_prefix="\nFinal Answer:")
+    params = config.sampling_params(max_tokens=24, temperature=0, logprobs=0, logit_bias={end: 3.0})
+    prefix = len(llm.get_tokenizer().encode("\nFinal Answer:", add_special_tokens=False))
+    waits = 0
+    for out in _gen(llm, prompts, params):
+        c = out.outputs[0]
+        (report,) = thinking_report(out, config, llm)
+        ids = list(c.token_ids)
+        expected = set(report.wait_positions)
+        if report.end == "budget":
+            expected |= set(range(report.think_end, report.think_end + 1 + prefix))
+        assert set(report.forced_positions) == expected
+        waits += report.waits
+        logprobs = [entry[t].logprob for t, entry in zip(ids, c.logprobs, strict=True)]
+        assert report.model_logprob_sum(c) == pytest.approx(
+            c.cumulative_logprob - sum(logprobs[i] for i in report.forced_positions), abs=1e-3
+        )
+        assert min(logprobs[i] for i in report.forced_positions) < -2.0  # not what the model would pick
+    assert waits >= 2
+
+
 # -- TS ----------------------------------------------------------------------------------------------------------
 
 
@@ -199,9 +294,10 @@ def test_end_scaling_shortens_thinking_on_average(llm, info, prompts):
 # -- composition with vLLM features ------------------------------------------------------------------------------
 
 
-def test_untouched_requests_match_an_engine_without_the_processor(llm, tiny_llm, info, prompts):
-    """Requests without tts_* keys, batched with controlled ones, decode exactly as in an engine without the
-    processor (their logits rows are bit-identical: tests/test_thinking_core.py checks that directly)."""
+def test_untouched_requests_match_an_engine_serving_only_them(llm, tiny_llm, info, prompts):
+    """Requests without tts_* keys, batched with controlled ones, decode exactly as alone in another engine (their
+    logits rows are bit-identical: tests/test_thinking_core.py checks that directly). `tiny_llm` gets the
+    processor from the entry point only (no flag): controlled requests work there too."""
     plain = SamplingParams(max_tokens=20, temperature=0, extra_args={"not_ours": 1})
     controlled = SamplingParams(max_tokens=20, temperature=0, extra_args={"tts_max_think": 2})
     mixed = _gen(llm, prompts + prompts, [plain] * len(prompts) + [controlled] * len(prompts))
@@ -209,6 +305,8 @@ def test_untouched_requests_match_an_engine_without_the_processor(llm, tiny_llm,
     for got, ref in zip(mixed[: len(prompts)], alone, strict=True):
         assert list(got.outputs[0].token_ids) == list(ref.outputs[0].token_ids)
     assert all(list(o.outputs[0].token_ids)[2] == info.think_end_ids[0] for o in mixed[len(prompts) :])
+    for out in _gen(tiny_llm, prompts, controlled):
+        assert list(out.outputs[0].token_ids)[2] == info.think_end_ids[0]
 
 
 def test_both_thinking_budgets_the_smaller_cap_wins(llm, info, prompts):
@@ -327,6 +425,8 @@ BAD_INPUTS = [
     ({"tts_end_bias": float("inf")}, "tts_end_bias"),
     ({"tts_end_bias": "1"}, "tts_end_bias"),
     ({"tts_end_temperature": 0.5, "tts_end_bias": 1.0}, "tts_end_bias"),
+    ({"tts_eos_in_thinking": "never"}, "tts_eos_in_thinking"),
+    ({"tts_max_think": 3, "tts_eos_in_thinking": 0}, "tts_eos_in_thinking"),
     ({"tts_first_finish": 1}, "tts_first_finish"),
 ]
 
@@ -359,63 +459,81 @@ def test_bad_input_is_rejected_at_admission_and_others_continue(llm, prompts):
 # -- distributional equality with s1's loop -------------------------------------------------------------------------
 
 
-def _thinking_signature(token_ids, wait, end, horizon):
-    """Bucketed statistics of a thinking trace (the completion's first `horizon` tokens)."""
+def _thinking_signature(token_ids, wait, end, eos, horizon):
+    """Statistics of a thinking trace (the completion's first `horizon` tokens): waits, where the first one is,
+    whether thinking ended in the horizon, and how many tokens of the model's own came before the end."""
     ids = list(token_ids)[:horizon]
-    waits = sum(1 for i in range(len(ids)) if ids[i : i + len(wait)] == wait)
-    first_wait = next((i for i in range(len(ids)) if ids[i : i + len(wait)] == wait), horizon)
-    return waits, first_wait, end in ids
+    starts = [i for i in range(len(ids)) if ids[i : i + len(wait)] == wait]
+    stop = ids.index(end) if end in ids else len(ids)
+    own = stop - len(wait) * sum(1 for i in starts if i < stop) - (eos in ids[:stop])
+    return len(starts), starts[0] if starts else horizon, end in ids, own
 
 
 def test_sampled_min_budget_has_the_distribution_of_s1_reprompt_loop(llm, info, prompts):
     """Chi-square homogeneity tests, in-engine vs s1's loop (token level), N = 300 completions per arm.
 
-    Setting: temperature 1, `logit_bias` +6 on `</think>` so the model tries to end often, `tts_min_think=8`,
-    12 tokens. Statistics per completion: the number of injected waits (0, 1, 2, 3+) and the position of the
-    first wait (bucketed). Seeds: in-engine 0..299, loop 10**6 + 0..299. Two tests at alpha = 0.01 each
-    (Bonferroni: 0.02 overall). Power check with the same statistics and sample size: the in-engine arm with
-    `logit_bias` +7 instead of +6 (a modest change of p(end)) must be rejected against the +6 arm.
+    Setting: temperature 1, `logit_bias` +5 on `</think>` and +4 on EOS, so the model tries to end often and in
+    both ways; `tts_min_think=6`, 14 tokens. s1's loop stops a round at either token, appends the wait text below
+    the minimum (continuing with `min_tokens=1`), and counts only the model's own tokens. Statistics per
+    completion: injected waits (0, 1, 2, 3+), the position of the first wait, whether thinking ended, and the
+    model's own tokens before the end (bucketed). Seeds: in-engine 0..299, loop 10**6 + 0..299. Four tests at
+    alpha = 0.01 each (Bonferroni: 0.04 overall). Power checks with the same statistics and sample size: the
+    in-engine arm with `logit_bias` +6 instead of +5 on `</think>`, and the in-engine arm where EOS ends the
+    completion (`tts_eos_in_thinking="stop"`), must both be rejected against the loop.
     """
-    end = info.think_end_ids[0]
-    wait = llm.get_tokenizer().encode("Wait", add_special_tokens=False)
-    n, horizon = 300, 12
-    config = ThinkingConfig(tts_min_think=8)
+    tokenizer = llm.get_tokenizer()
+    end, eos = info.think_end_ids[0], tokenizer.eos_token_id
+    wait = tokenizer.encode("Wait", add_special_tokens=False)
+    n, horizon = 300, 14
     prompt = prompts[0]
 
-    def engine_arm(bias, seed0):
+    def bias(end_bias):
+        return {end: end_bias, eos: 4.0}
+
+    def engine_arm(end_bias, seed0, **extra):
+        config = ThinkingConfig(tts_min_think=6, **extra)
         params = [
             config.sampling_params(
-                max_tokens=horizon, temperature=1.0, seed=seed0 + s, logit_bias={end: bias}
+                max_tokens=horizon, temperature=1.0, seed=seed0 + s, logit_bias=bias(end_bias)
             )
             for s in range(n)
         ]
         return [
-            _thinking_signature(o.outputs[0].token_ids, wait, end, horizon)
+            _thinking_signature(o.outputs[0].token_ids, wait, end, eos, horizon)
             for o in _gen(llm, [prompt] * n, params)
         ]
 
-    def loop_arm(bias, seed0):
+    def loop_arm(seed0):
         params = [
-            SamplingParams(max_tokens=horizon, temperature=1.0, seed=seed0 + s, logit_bias={end: bias})
+            SamplingParams(max_tokens=horizon, temperature=1.0, seed=seed0 + s, logit_bias=bias(5.0))
             for s in range(n)
         ]
-        results = reprompt_budget_forcing(llm, [prompt] * n, config, params, mode="tokens")
-        return [_thinking_signature(r.token_ids, wait, end, horizon) for r in results]
+        results = reprompt_budget_forcing(
+            llm, [prompt] * n, ThinkingConfig(tts_min_think=6), params, mode="tokens"
+        )
+        return [_thinking_signature(r.token_ids, wait, end, eos, horizon) for r in results]
 
     def pvalues(a, b):
         out = []
-        for k, edges in ((0, [0, 1, 2, 3, 99]), (1, [0, 1, 2, 4, 8, 99])):
-            table = np.array([np.histogram([x[k] for x in arm], bins=edges)[0] for arm in (a, b)])
+        for k, edges in (
+            (0, [0, 1, 2, 3, 99]),
+            (1, [0, 1, 2, 4, 8, 99]),
+            (2, [0, 1, 2]),
+            (3, [0, 3, 6, 8, 99]),
+        ):
+            table = np.array([np.histogram([int(x[k]) for x in arm], bins=edges)[0] for arm in (a, b)])
             out.append(stats.chi2_contingency(table[:, table.sum(0) > 0])[1])
         return out
 
-    ours = engine_arm(6.0, 0)
-    theirs = loop_arm(6.0, 10**6)
+    ours = engine_arm(5.0, 0)
+    theirs = loop_arm(10**6)
     assert 0.2 < np.mean([x[0] > 0 for x in ours]) < 0.95  # waits are frequent but not certain
+    assert 0.2 < np.mean([x[2] for x in ours]) < 0.95  # thinking often ends in the horizon
     same = pvalues(ours, theirs)
     assert min(same) > 0.01, same
-    shifted = engine_arm(7.0, 2 * 10**6)
-    assert min(pvalues(ours, shifted)) < 0.01  # the test has power against a modest change of p(end)
+    # Power: a modest change of p(end), and EOS ending the completion instead of being an end attempt.
+    assert min(pvalues(engine_arm(6.0, 2 * 10**6), theirs)) < 0.01
+    assert min(pvalues(engine_arm(5.0, 3 * 10**6, tts_eos_in_thinking="stop"), theirs)) < 0.01
 
 
 # -- transformers parity -----------------------------------------------------------------------------------------
@@ -457,7 +575,7 @@ def test_transformers_greedy_outputs_equal_vllm(llm, info, prompts, tiny_model_d
             config.sampling_params(max_tokens=32, temperature=0, logit_bias=bias or None, ignore_eos=True),
         )
         for prompt, out in zip(prompts[:2], outs, strict=True):
-            processor = ThinkingLogitsProcessor(config, tokenizer)
+            processor = ThinkingLogitsProcessor(config, tokenizer, eos_token_id=None)  # as generate()'s
             ids = torch.tensor([prompt])
             generated = model.generate(
                 ids,
@@ -606,7 +724,69 @@ def test_special_token_delimiters_and_preemption_resume(special_llm):
         (report,) = thinking_report(out, configs[i % 3], special_llm)
         if configs[i % 3].tts_max_think == 40:
             assert (report.thinking_tokens, report.end) == (40, "budget")
-        if configs[i % 3].tts_max_waits is None:
-            assert report.thinking_tokens >= configs[i % 3].tts_min_think
+        if configs[i % 3].tts_max_waits is None:  # (waits are not thinking tokens: 80 tokens may not suffice)
+            assert report.thinking_tokens >= configs[i % 3].tts_min_think or report.end == "open"
         # vLLM skips special tokens in text: the delimiter is in the ids, not in the text.
-        assert end[0] in out.outputs[0].token_ids and "</think>" not in out.outputs[0].text
+        assert (end[0] in out.outputs[0].token_ids) == (report.end != "open")
+        assert "</think>" not in out.outputs[0].text
+
+
+# -- text delimiters, and the engine's reasoning configuration ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_llm(tmp_path_factory):
+    """`<think>` / `</think>` left to the BPE (`</think>` is `</` `think` `>`), so none of the built-in delimiters is a
+    token; the engine is told its markers by `--reasoning-config` (vLLM's ReasoningConfig)."""
+    from vllm import LLM
+    from vllm.config import ReasoningConfig
+
+    path = tmp_path_factory.mktemp("tiny-text-delims")
+    build_tiny_reasoning_model(path, delimiters_as="text")
+    engine = LLM(
+        str(path),
+        seed=0,
+        dtype="float32",
+        max_num_batched_tokens=8192,
+        reasoning_config=ReasoningConfig(reasoning_start_str="<think>", reasoning_end_str="</think>"),
+        **small_engine_kwargs(max_model_len=512, kv_cache_mib=64),
+    )
+    yield engine
+    del engine
+    gc.collect()
+
+
+def test_text_delimiter_leaves_ordinary_text_alone(text_llm):
+    """`</` is ordinary text: a `</` the model writes (biased up here) comes out exactly as without the processor;
+    only the whole `</think>` ends thinking. The delimiters come from the engine's reasoning configuration (no
+    per-request keys), before the built-in list (which has none for this tokenizer)."""
+    tokenizer = text_llm.get_tokenizer()
+    end = tokenizer.encode("</think>", add_special_tokens=False)
+    assert len(end) == 3 and tokenizer.decode(end[:1]) == "</"
+    prompts = _chat_prompts(tokenizer)
+    base = dict(max_tokens=40, temperature=0, logit_bias={end[0]: 3.0})
+    vanilla = _gen(text_llm, prompts, SamplingParams(**base))
+    assert sum(list(o.outputs[0].token_ids).count(end[0]) for o in vanilla) >= 4  # `</` written often
+    config = ThinkingConfig(tts_max_think=60)
+    for out, ref in zip(_gen(text_llm, prompts, config.sampling_params(**base)), vanilla, strict=True):
+        assert list(out.outputs[0].token_ids) == list(ref.outputs[0].token_ids)
+        (report,) = thinking_report(out, config, text_llm)
+        ids = list(ref.outputs[0].token_ids)
+        whole = next((i for i in range(len(ids)) if ids[i : i + 3] == end), None)
+        assert report.end == ("open" if whole is None else "natural") and report.think_end == whole
+    # The max budget forces the whole delimiter; the answer prefix follows.
+    config = ThinkingConfig(tts_max_think=5, tts_answer_prefix="\nFinal Answer:")
+    prefix = tokenizer.encode("\nFinal Answer:", add_special_tokens=False)
+    for out in _gen(text_llm, prompts, config.sampling_params(**base)):
+        assert list(out.outputs[0].token_ids)[5 : 8 + len(prefix)] == end + prefix
+        assert thinking_report(out, config, text_llm)[0].end == "budget"
+
+
+def test_text_delimiter_refuses_what_it_cannot_enforce_exactly(text_llm):
+    from vllm.exceptions import VLLMValidationError
+
+    prompt = _chat_prompts(text_llm.get_tokenizer(), QUESTIONS[:1])
+    for extra in ({"tts_min_think": 5}, {"tts_end_bias": 1.0}):
+        with pytest.raises(VLLMValidationError, match="ordinary-text token") as err:
+            _gen(text_llm, prompt, SamplingParams(max_tokens=4, extra_args=extra))
+        assert err.value.parameter == "tts_think_end"

@@ -17,7 +17,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from vllm_ttsplugin.thinking import ThinkingTrace, counter_uniform, end_token_probability
+from vllm_ttsplugin.sampling import attempt_probability, counter_uniform
+from vllm_ttsplugin.thinking import DECIDED_END, DECIDED_NOTHING, DECIDED_WAIT
+from vllm_ttsplugin.thinking_reference import ThinkingTrace
 from vllm_ttsplugin.vocab import SamplingView, ThinkingSpec, TokenizerVocab
 
 # -- the scripted model -----------------------------------------------------------------------------------------
@@ -37,6 +39,11 @@ class Req:
     boost: dict[int, dict[int, float]] = field(default_factory=dict)  # position -> {token: added logit}
     output: list[int] = field(default_factory=list)
     max_tokens: int = 24
+    twin: str | None = None  # draw logits and samples as the request with this key would (same "model")
+
+    @property
+    def model_key(self) -> str:
+        return self.twin or self.key
 
     def __post_init__(self) -> None:
         self.prompt = list(self.prompt)
@@ -47,7 +54,7 @@ class Req:
 
 
 def model_logits(req: Req, position: int, vocab_size: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(_key_seed(req.key, position))
+    g = torch.Generator().manual_seed(_key_seed(req.model_key, position))
     logits = torch.randn(vocab_size, generator=g) * 2.0
     for token, value in req.boost.get(position, {}).items():
         logits[token] += value
@@ -59,7 +66,7 @@ def sample(req: Req, position: int, row: torch.Tensor) -> int:
     temperature = float(req.params.temperature)
     if temperature < 1e-5:
         return int(row.argmax())
-    g = torch.Generator().manual_seed(_key_seed("gumbel", req.key, position))
+    g = torch.Generator().manual_seed(_key_seed("gumbel", req.model_key, position))
     u = torch.rand(row.shape[0], generator=g).clamp_(1e-12, 1 - 1e-7)
     return int((row / temperature - torch.log(-torch.log(u))).argmax())
 
@@ -67,39 +74,51 @@ def sample(req: Req, position: int, row: torch.Tensor) -> int:
 # -- the reference decoder (pure Python state machine + the spec's decision rule) -----------------------------
 
 
-def reference_step(trace: ThinkingTrace, logits: torch.Tensor, seed: int) -> tuple[torch.Tensor, bool | None]:
-    """The logits row the processor must produce for the trace's next token, and the min decision (if any)."""
+def _attempt_decision(spec: ThinkingSpec, z: torch.Tensor, tokens, seed: int, position: int) -> bool:
+    """Greedy: the argmax is an attempt token; sampled: u(seed, position) < p(attempt tokens)."""
+    s = spec.sampling
+    if s.greedy:
+        return int(z.argmax()) in tokens
+    p = attempt_probability(
+        z[None],
+        torch.tensor([list(tokens)]),
+        torch.tensor([s.temperature]),
+        torch.tensor([s.top_k]) if s.top_k > 0 else None,
+        torch.tensor([s.top_p]) if s.top_p < 1 else None,
+        torch.tensor([s.min_p]) if s.min_p > 0 else None,
+    )[0]
+    u = counter_uniform(torch.tensor([seed]), torch.tensor([position]))[0]
+    return bool(u < p)
+
+
+def reference_step(trace: ThinkingTrace, logits: torch.Tensor, seed: int) -> tuple[torch.Tensor, int | None]:
+    """The logits row the processor must produce for the trace's next token, and the recorded decision."""
     spec = trace.spec
     z = logits.clone()
     end0 = spec.end_ids[0]
-    forced = trace.forced_token()
-    free = trace.phase == 2 and trace.seq == -1 and forced is None
-    if free and (spec.end_temperature is not None or spec.end_bias is not None):
+    rule = trace.rule()
+    if rule.scale_end:
         z[end0] = (
             z[end0] / spec.end_temperature if spec.end_temperature is not None else z[end0] + spec.end_bias
         )
-    decision = None
-    if forced is None and trace.in_window():
-        s = spec.sampling
-        if s.greedy:
-            decision = int(z.argmax()) == end0
+    decision, forced = None, rule.token if rule.kind == "force" else None
+    if rule.kind in ("decide_wait", "decide_end"):
+        attempt = _attempt_decision(spec, z, rule.tokens, seed, trace.position)
+        decision = (
+            (DECIDED_WAIT if rule.kind == "decide_wait" else DECIDED_END) if attempt else DECIDED_NOTHING
+        )
+        if attempt:
+            forced = spec.wait_ids[0] if rule.kind == "decide_wait" else end0
+    if rule.kind == "exclude" or decision == DECIDED_NOTHING:
+        z[list(rule.tokens)] = -math.inf
+    if rule.kind == "merge":
+        values = torch.cat([z[end0 : end0 + 1], z[list(rule.tokens)]])
+        if spec.sampling.greedy:
+            z[end0] = values.max()
         else:
-            p = end_token_probability(
-                z[None],
-                torch.tensor([end0]),
-                torch.tensor([s.temperature]),
-                torch.tensor([s.top_k]) if s.top_k > 0 else None,
-                torch.tensor([s.top_p]) if s.top_p < 1 else None,
-                torch.tensor([s.min_p]) if s.min_p > 0 else None,
-            )[0]
-            u = counter_uniform(torch.tensor([seed]), torch.tensor([trace.position]))[0]
-            decision = bool(u < p)
-        if decision:
-            forced = spec.wait_ids[0]
-        else:
-            z[end0] = -math.inf
-    elif forced is None and trace.suppressed():
-        z[end0] = -math.inf
+            t = spec.sampling.temperature
+            z[end0] = t * torch.logsumexp(values / t, dim=0)
+        z[list(rule.tokens)] = -math.inf
     if forced is not None:
         z = torch.full_like(z, -math.inf)
         z[forced] = 0.0
@@ -118,7 +137,7 @@ def reference_decode(req: Req, spec: ThinkingSpec | None, vocab_size: int, seed:
         token = sample(req, position, row)
         out.append(token)
         if trace is not None:
-            trace.observe(token, injected=bool(decision) if decision is not None else False)
+            trace.observe(token, decision if decision is not None else DECIDED_NOTHING)
     return out
 
 
@@ -142,7 +161,9 @@ def use_vocab(monkeypatch, vocab: TokenizerVocab) -> None:
     import vllm_ttsplugin.processor as processor
 
     monkeypatch.setattr(processor, "_engine_vocab", lambda _config: vocab)
-    monkeypatch.setattr(processor, "admission_vocab", lambda max_depth=12: vocab)
+    monkeypatch.setattr(
+        processor, "admission_context", lambda max_depth=12: processor.AdmissionContext(vocab)
+    )
 
 
 class V1Driver:
@@ -266,9 +287,13 @@ class V2Driver:
             vocab_size=vocab_size,
             device=torch.device("cpu"),
         )
-        (self.proc,) = build_custom_logits_processors(
+        # The entry point and the explicit name: two instances in one engine, the second inert.
+        procs = build_custom_logits_processors(
             fake_vllm_config(max_num_seqs, seed), self.rs, False, ["vllm_ttsplugin:TTSLogitsProcessor"]
         )
+        assert [p.is_serving for p in procs] == [True, False]
+        self.procs = procs
+        self.proc = procs[0]
         assert self.proc.runner == "v2"
         self.vocab_size = vocab_size
         self.reqs: dict[str, Req] = {}
@@ -278,10 +303,12 @@ class V2Driver:
         tokens = list(req.prompt) + (list(req.output) if resumed else [])
         self.rs.add_request(req.key, len(req.prompt), tokens, 0, req.max_tokens)
         slot = self.rs.req_id_to_index[req.key]
-        self.proc.add_request(slot, req.params)
+        for proc in self.procs:
+            proc.add_request(slot, req.params)
         self.reqs[req.key] = req
         self.rs.apply_staged_writes()
-        self.proc.apply_staged_writes()
+        for proc in self.procs:
+            proc.apply_staged_writes()
 
     def remove(self, req: Req) -> None:
         self.rs.remove_request(req.key)
@@ -307,7 +334,8 @@ class V2Driver:
         )
         reqs = [self.reqs[k] for k in keys]
         logits = torch.stack([model_logits(r, len(r.output), self.vocab_size) for r in reqs])
-        logits = self.proc.apply(logits, ctx)
+        for proc in self.procs:
+            logits = proc.apply(logits, ctx)
         total = self.rs.total_len.gpu
         for r, slot, row in zip(reqs, slots.tolist(), logits, strict=True):
             token = sample(r, len(r.output), row)

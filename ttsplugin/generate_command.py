@@ -14,22 +14,15 @@ import os
 import re
 import sys
 import time
+from dataclasses import fields
 from typing import Any
 
 from ttsplugin.demo import _workdir, chat_prompt, engine_kwargs, ensure_tiny_model, positive_int
+from vllm_ttsplugin.config import KEY_PREFIX, ThinkingConfig
 
-# Flag (argparse dest) -> per-request key.
-THINKING_FLAGS = {
-    "min_think": "tts_min_think",
-    "max_think": "tts_max_think",
-    "wait": "tts_wait",
-    "max_waits": "tts_max_waits",
-    "answer_prefix": "tts_answer_prefix",
-    "think_start": "tts_think_start",
-    "think_end": "tts_think_end",
-    "end_temperature": "tts_end_temperature",
-    "end_bias": "tts_end_bias",
-}
+# Flag (argparse dest) -> per-request key: one flag per `ThinkingConfig` field, named after it.
+THINKING_FLAGS = {f.name.removeprefix(KEY_PREFIX): f.name for f in fields(ThinkingConfig)}
+TEXT_KEYS = tuple(f.name for f in fields(ThinkingConfig) if f.metadata.get("text"))
 FIRST_FINISH_FLAGS = {"first_finish": "tts_first_finish"}
 FLAG_OF_KEY = {
     key: "--" + dest.replace("_", "-") for dest, key in {**THINKING_FLAGS, **FIRST_FINISH_FLAGS}.items()
@@ -84,51 +77,15 @@ def add_generate_parser(subparsers) -> None:
         "thinking control (budget forcing, end-of-think scaling)",
         "text values (--wait, --answer-prefix, delimiters, --logit-bias TEXT) decode \\n and \\t",
     )
-    thinking.add_argument(
-        "--min-think",
-        type=int,
-        default=None,
-        help="tts_min_think: minimum thinking tokens; an earlier attempt to end thinking becomes the --wait text",
-    )
-    thinking.add_argument(
-        "--max-think",
-        type=int,
-        default=None,
-        help="tts_max_think: at exactly this many thinking tokens the end delimiter (+ --answer-prefix) is forced",
-    )
-    thinking.add_argument(
-        "--wait", default=None, help="tts_wait: text injected on a suppressed end attempt (default: 'Wait')"
-    )
-    thinking.add_argument(
-        "--max-waits",
-        type=int,
-        default=None,
-        help="tts_max_waits: after this many injections the model may end thinking (default: unlimited)",
-    )
-    thinking.add_argument(
-        "--answer-prefix",
-        default=None,
-        help="tts_answer_prefix: text forced after a budget stop, e.g. '\\nFinal Answer:' (\\n and \\t are "
-        "decoded; default: none)",
-    )
-    thinking.add_argument(
-        "--think-start", default=None, help="tts_think_start: start delimiter (default: from the tokenizer)"
-    )
-    thinking.add_argument(
-        "--think-end", default=None, help="tts_think_end: end delimiter (default: from the tokenizer)"
-    )
-    thinking.add_argument(
-        "--end-temperature",
-        type=float,
-        default=None,
-        help="tts_end_temperature: TS, the end token's logit z becomes z / T while thinking",
-    )
-    thinking.add_argument(
-        "--end-bias",
-        type=float,
-        default=None,
-        help="tts_end_bias: TS, shift-invariant form, z becomes z + bias while thinking",
-    )
+    for f in fields(ThinkingConfig):
+        meta = f.metadata
+        default = "" if f.default is None else f" (default: {f.default!r})"
+        kwargs: dict[str, Any] = {"dest": f.name.removeprefix(KEY_PREFIX), "default": None}
+        if meta["type"] in (int, float):
+            kwargs["type"] = meta["type"]
+        if meta["choices"]:
+            kwargs["choices"] = meta["choices"]
+        thinking.add_argument(FLAG_OF_KEY[f.name], help=f"{f.name}: {meta['help']}{default}", **kwargs)
     ffs = p.add_argument_group("First Finish Search")
     ffs.add_argument(
         "--first-finish",
@@ -175,10 +132,10 @@ def request_extra_args(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         ValueError: naming the flag, for a setting no model could accept.
     """
-    from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError
+    from vllm_ttsplugin.config import ThinkingConfigError
 
     values = {key: getattr(args, dest) for dest, key in THINKING_FLAGS.items()}
-    for key in ("tts_wait", "tts_answer_prefix", "tts_think_start", "tts_think_end"):
+    for key in TEXT_KEYS:
         values[key] = _decode_escapes(values[key])
     values = {k: v for k, v in values.items() if v is not None}
     try:

@@ -17,6 +17,7 @@ _LAZY = {
     "TTSLogitsProcessor": "vllm_ttsplugin.processor",
     "ThinkingConfig": "vllm_ttsplugin.config",
     "ThinkingConfigError": "vllm_ttsplugin.config",
+    "TTSParamsError": "vllm_ttsplugin.config",
     "ThinkingReport": "vllm_ttsplugin.report",
     "thinking_report": "vllm_ttsplugin.report",
     # transformers generate()
@@ -24,17 +25,18 @@ _LAZY = {
     "ThinkingStoppingCriteria": "vllm_ttsplugin.hf",
     # First Finish Search, in-engine output helpers
     "FFS_MARKER_TEXT": "vllm_ttsplugin.ffs",
+    "FirstFinishParamsError": "vllm_ttsplugin.ffs",
     "first_finish_marker": "vllm_ttsplugin.ffs",
     "first_finish_scope": "vllm_ttsplugin.ffs",
     "first_finish_winners": "vllm_ttsplugin.ffs",
     "is_first_finish_stopped": "vllm_ttsplugin.ffs",
     # First Finish Search over the engine (offline / async), FFS-k@N voting
-    "FirstFinishResult": "vllm_ttsplugin.search",
-    "VoteResult": "vllm_ttsplugin.search",
-    "first_finish": "vllm_ttsplugin.search",
-    "first_finish_async": "vllm_ttsplugin.search",
-    "first_finish_vote": "vllm_ttsplugin.search",
-    "majority_vote_all": "vllm_ttsplugin.search",
+    "FirstFinishResult": "vllm_ttsplugin.first_finish",
+    "VoteResult": "vllm_ttsplugin.first_finish",
+    "first_finish": "vllm_ttsplugin.first_finish",
+    "first_finish_async": "vllm_ttsplugin.first_finish",
+    "first_finish_vote": "vllm_ttsplugin.first_finish",
+    "majority_vote_all": "vllm_ttsplugin.first_finish",
     # answers
     "extract_answer": "vllm_ttsplugin.answers",
     "extract_boxed": "vllm_ttsplugin.answers",
@@ -44,8 +46,10 @@ _LAZY = {
 
 __all__ = [
     "FFS_MARKER_TEXT",
+    "FirstFinishParamsError",
     "FirstFinishResult",
     "TTSLogitsProcessor",
+    "TTSParamsError",
     "ThinkingConfig",
     "ThinkingConfigError",
     "ThinkingLogitsProcessor",
@@ -69,18 +73,16 @@ __all__ = [
 
 if TYPE_CHECKING:
     from vllm_ttsplugin.answers import extract_answer, extract_boxed, extract_final_answer, majority_vote
-    from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError
+    from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError, TTSParamsError
     from vllm_ttsplugin.ffs import (
         FFS_MARKER_TEXT,
+        FirstFinishParamsError,
         first_finish_marker,
         first_finish_scope,
         first_finish_winners,
         is_first_finish_stopped,
     )
-    from vllm_ttsplugin.hf import ThinkingLogitsProcessor, ThinkingStoppingCriteria
-    from vllm_ttsplugin.processor import TTSLogitsProcessor
-    from vllm_ttsplugin.report import ThinkingReport, thinking_report
-    from vllm_ttsplugin.search import (
+    from vllm_ttsplugin.first_finish import (
         FirstFinishResult,
         VoteResult,
         first_finish,
@@ -88,6 +90,9 @@ if TYPE_CHECKING:
         first_finish_vote,
         majority_vote_all,
     )
+    from vllm_ttsplugin.hf import ThinkingLogitsProcessor, ThinkingStoppingCriteria
+    from vllm_ttsplugin.processor import TTSLogitsProcessor
+    from vllm_ttsplugin.report import ThinkingReport, thinking_report
 
 
 def __getattr__(name: str) -> Any:

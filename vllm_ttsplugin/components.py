@@ -1,15 +1,20 @@
-"""Per-step components composed by `TTSLogitsProcessor`, sharing one slot bookkeeping.
+"""The controls `TTSLogitsProcessor` composes, each a `SlotComponent` over the adapters' shared slot bookkeeping.
 
 An adapter (vLLM V1 runner, vLLM V2 runner) maps its engine's batch onto slots and drives every component with
-the same calls: admit / release / permute (membership), observe (the token each request produced), apply (edit
-the logits for the next token). Components run in list order, so a later component overrides an earlier one on a
-row both touch. The intended order, and so the priority of the controls, is:
+the same calls: admit / release / permute / snapshot / restore (membership), observe (every token each request
+produced, including a finished request's last one before it is released), apply (edit the logits for the next
+token). Components run in list order, so a later component overrides an earlier one on a row both touch. The
+order, and so the priority of the controls, is:
 
     [ThinkingComponent, FirstFinishComponent]
 
-i.e. a First Finish stop (force EOS) > a forced sequence in progress (end delimiter / answer prefix / wait text,
-once started always completed) > max-budget forcing > min-budget wait injection > TS scaling (the last four are
-ordered inside `ThinkingComponent`).
+i.e. a First Finish stop (force EOS or the stop marker) > a forced sequence in progress (end delimiter / answer
+prefix / wait text, once started always completed) > max-budget forcing > min-budget decisions > TS scaling (the
+last four are ordered inside `ThinkingComponent`).
+
+A new control is one more `SlotComponent` subclass in `COMPONENTS`: it declares its `extra_args` keys, validates
+them at admission (`validate`, in the frontend process), parses a request engine-side (`parse_engine`) and keeps
+its own preallocated per-slot state.
 """
 
 from __future__ import annotations
@@ -17,53 +22,87 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError
-from vllm_ttsplugin.thinking import ThinkingControl, scan_prompt
+from vllm_ttsplugin.arrays import TorchOps, to_device
+from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError, TTSParamsError
+from vllm_ttsplugin.ffs import (
+    FIRST_FINISH_KEY,
+    GROUP_KEY,
+    FirstFinishCore,
+    FirstFinishMember,
+    SlotOutcome,
+    find_marker_token,
+    member_outcome,
+    parse_first_finish_args,
+    validate_first_finish_params,
+)
+from vllm_ttsplugin.prompts import scan_prompt
+from vllm_ttsplugin.thinking import ThinkingControl
 from vllm_ttsplugin.vocab import SamplingView, ThinkingSpec, TokenizerVocab, resolve_thinking
 
 logger = logging.getLogger("vllm_ttsplugin")
 
-# A prompt as the adapter has it: a 1-D token tensor (host or device) or None (prompt embeddings).
-Prompt = torch.Tensor | None
+# A prompt as the adapter has it: a list of ids (V1, host), a 1-D token tensor (V2, on the device), or None
+# (prompt embeddings).
+Prompt = list[int] | torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class SlotEnv:
+    """What a component learns about its engine when the adapter builds it."""
+
+    num_slots: int
+    device: torch.device
+    vocab: TokenizerVocab | None  # the model's tokenizer facts (None: the engine has no tokenizer)
+    seed: int  # the engine's seed (for requests without one)
+    pin_memory: bool = False
+    max_model_len: int | None = None
+    vocab_size: int | None = None
 
 
 class SlotComponent(ABC):
     """A control that runs every decode step on the processor's request slots.
 
-    Subclasses declare the `extra_args` keys they own, parse a request into an opaque per-request object at
-    admission, and keep their own per-slot state (preallocated, indexed by slot).
+    Subclasses declare the `extra_args` keys they own, parse a request into an opaque per-request object, and
+    keep their own per-slot state (preallocated, indexed by slot).
     """
 
     keys: ClassVar[tuple[str, ...]] = ()
+    needs_tokenizer: ClassVar[bool] = True  # requests are refused on an engine without one
 
     @classmethod
     @abstractmethod
     def parse(
         cls, params: Any, vocab: TokenizerVocab | None, known_keys: Sequence[str] = ()
     ) -> object | None:
-        """Validate a request's params; return its per-request object, or `None` if it is not ours.
+        """Check a request's params; return its per-request object, or `None` if it is not ours.
 
-        Raises `ThinkingConfigError` (a `ValueError`) naming the parameter. With `vocab=None` only the checks that
-        need no tokenizer are done (the returned object is then only meaningful as "is ours").
+        Raises a `TTSParamsError` naming the parameter. With `vocab=None` only the checks that need no tokenizer
+        are done (the returned object is then only meaningful as "is ours").
         """
 
-    @abstractmethod
-    def __init__(
-        self, num_slots: int, device: torch.device, vocab: TokenizerVocab | None, seed: int
-    ) -> None: ...
+    @classmethod
+    def validate(cls, params: Any, vocab: TokenizerVocab | None, known_keys: Sequence[str] = ()) -> bool:
+        """The admission check (frontend process, the request's own params, `n` included); whether it is ours.
 
-    vocab: TokenizerVocab | None = None
+        May update `params` for the engine (First Finish stamps its race). Raises a `TTSParamsError`.
+        """
+        return cls.parse(params, vocab, known_keys) is not None
+
+    def __init__(self, env: SlotEnv) -> None:
+        self.env = env
+        self.vocab = env.vocab
 
     def parse_engine(self, params: Any, known_keys: Sequence[str] = ()) -> object | None:
         """Engine-side parse: never raises (admission already validated); logs and skips what it cannot use."""
         try:
             return self.parse(params, self.vocab, known_keys)
-        except ThinkingConfigError as exc:
+        except TTSParamsError as exc:
             logger.warning("ttsplugin: request left without %s: %s", type(self).__name__, exc)
             return None
 
@@ -76,7 +115,9 @@ class SlotComponent(ABC):
     def admit(self, slots: Sequence[int], requests: Sequence[object], prompts: Sequence[Prompt]) -> None: ...
 
     @abstractmethod
-    def release(self, slots: Sequence[int]) -> None: ...
+    def release(self, slots: Sequence[int], outputs: Sequence[list[int] | None] | None = None) -> None:
+        """The requests in `slots` left (finished, aborted, preempted, overwritten). `outputs`: their live output
+        lists where the runner has them (V1), for components that need to know how a request ended."""
 
     @abstractmethod
     def permute(self, source: np.ndarray) -> None:
@@ -109,12 +150,14 @@ class SlotComponent(ABC):
     ) -> torch.Tensor: ...
 
 
-def _stop_ids(params: Any) -> set[int]:
-    ids = set(getattr(params, "stop_token_ids", None) or ())
-    ids |= set(getattr(params, "_all_stop_token_ids", None) or ())
-    return ids
+def request_stop_ids(params: Any) -> tuple[int, ...]:
+    """Tokens that end a request: EOS (unless `ignore_eos`) and its `stop_token_ids`."""
+    ids = [] if getattr(params, "eos_token_id", None) is None else [params.eos_token_id]
+    ids += [t for t in getattr(params, "stop_token_ids", None) or () if t not in ids]
+    return tuple(int(t) for t in ids)
 
 
+# -- thinking control --------------------------------------------------------------------------------------------
 class ThinkingComponent(SlotComponent):
     """Budget forcing (min with the wait text, max with a forced end) and TS, over `ThinkingControl`."""
 
@@ -129,14 +172,14 @@ class ThinkingComponent(SlotComponent):
             return None
         if vocab is None:
             return config
-        return resolve_thinking(config, vocab, SamplingView.from_params(params), _stop_ids(params))
+        return resolve_thinking(config, vocab, SamplingView.from_params(params), request_stop_ids(params))
 
-    def __init__(self, num_slots: int, device: torch.device, vocab: TokenizerVocab | None, seed: int) -> None:
-        self.control = ThinkingControl(num_slots, device)
-        self.vocab = vocab
+    def __init__(self, env: SlotEnv) -> None:
+        super().__init__(env)
+        self.control = ThinkingControl(env.num_slots, env.device, pin_memory=env.pin_memory)
         # Seeds for requests without one: a private generator seeded from the engine seed, so unseeded runs are
         # reproducible like vLLM's own and the global RNG (which vLLM's sampler uses) is not disturbed.
-        self._seeds = torch.Generator().manual_seed(int(seed or 0))
+        self._seeds = torch.Generator().manual_seed(int(env.seed or 0))
 
     @property
     def active_np(self) -> np.ndarray:
@@ -155,21 +198,30 @@ class ThinkingComponent(SlotComponent):
         if not slots:
             return
         specs: list[ThinkingSpec] = list(requests)  # type: ignore[arg-type]
-        width = self.control.required_start_width(specs)
+        width = self.control.required_window_width(specs)
         opens, tails, seeds = [], [], []
         for spec, prompt in zip(specs, prompts, strict=True):
             # Prompt embeddings (no token ids): nothing to scan, so thinking starts at the start delimiter.
-            tokens = prompt if prompt is not None else torch.empty(0, dtype=torch.long)
+            tokens = torch.as_tensor(prompt if prompt is not None else [], dtype=torch.long)
             is_open, tail = scan_prompt(tokens, spec.start_ids, spec.end_ids, width)
-            opens.append(is_open.to(self.control.device))
-            tails.append(tail.to(self.control.device))
+            opens.append(is_open)
+            tails.append(tail)
             seed = spec.sampling.seed
             if seed is None:
                 seed = int(torch.randint(0, 2**62, (1,), generator=self._seeds).item())
             seeds.append(seed)
-        self.control.admit(list(slots), specs, seeds, torch.stack(opens), torch.stack(tails))
+        device = self.control.device
+        # Scanned where the prompts live (host lists on V1, the device on V2); moved without a sync.
+        opens_t, tails_t = torch.stack(opens), torch.stack(tails)
+        self.control.admit(
+            list(slots),
+            specs,
+            seeds,
+            to_device(opens_t, device, self.env.pin_memory) if opens_t.device != device else opens_t,
+            to_device(tails_t, device, self.env.pin_memory) if tails_t.device != device else tails_t,
+        )
 
-    def release(self, slots: Sequence[int]) -> None:
+    def release(self, slots: Sequence[int], outputs=None) -> None:
         self.control.release(list(slots))
 
     def permute(self, source: np.ndarray) -> None:
@@ -188,5 +240,215 @@ class ThinkingComponent(SlotComponent):
         return self.control.apply(logits, slots, slots_np, out_len, rows)
 
 
+# -- First Finish Search -----------------------------------------------------------------------------------------
+class FirstFinishComponent(SlotComponent):
+    """First Finish Search: once k samples of a race finish naturally, the others are stopped (`vllm_ttsplugin.ffs`).
+
+    Races and membership are host bookkeeping (`FirstFinishCore`); counting natural finishes and deciding whom to
+    stop happen on the device: `observe` counts the members whose token is one of their stop tokens (and that
+    FFS did not force), `apply` forces the stop marker (then EOS) on members whose race has k finishes. On the
+    V1 runner a sample ended by a stop *string* is counted when it leaves its slot (`member_outcome`). `apply`
+    returns at once, with no device work, when no member is in the batch.
+    """
+
+    keys = (FIRST_FINISH_KEY, GROUP_KEY)
+    needs_tokenizer = False  # without one, losers are stopped with EOS, unmarked
+
+    @classmethod
+    def parse(cls, params: Any, vocab: TokenizerVocab | None, known_keys: Sequence[str] = ()):
+        return parse_first_finish_args(getattr(params, "extra_args", None))
+
+    @classmethod
+    def validate(cls, params: Any, vocab: TokenizerVocab | None, known_keys: Sequence[str] = ()) -> bool:
+        handled = cls.parse(params, vocab, known_keys) is not None
+        validate_first_finish_params(params)
+        return handled
+
+    def __init__(self, env: SlotEnv) -> None:
+        super().__init__(env)
+        n, dev = env.num_slots, env.device
+        self.core = FirstFinishCore(n)
+        self.marker = (
+            find_marker_token(env.vocab.tokenizer, env.vocab_size) if env.vocab is not None else None
+        )
+        self.members_np = np.zeros(n, dtype=bool)
+        self.requests: list[FirstFinishMember | None] = [None] * n
+        # Device state per slot: membership, race, k, the member's stop tokens ([n, S], -1-padded), the token
+        # forced to stop it, whether losers get the marker first, and what was counted / forced / seen last.
+        self.member = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.race = torch.zeros(n, dtype=torch.long, device=dev)
+        self.k = torch.zeros(n, dtype=torch.long, device=dev)
+        self.stop_ids = torch.full((n, 1), -1, dtype=torch.long, device=dev)
+        self.stop_token = torch.zeros(n, dtype=torch.long, device=dev)
+        self.marked = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.counted = torch.zeros(n, dtype=torch.bool, device=dev)  # its natural finish was counted
+        self.forced = torch.zeros(n, dtype=torch.bool, device=dev)  # FFS forced one of its tokens
+        self.last_token = torch.full((n,), -1, dtype=torch.long, device=dev)
+        # [max_races] natural finishes per race index.
+        self.finished = torch.zeros(self.core.max_races, dtype=torch.long, device=dev)
+        self._ops = TorchOps(dev, env.pin_memory)
+
+    _PER_SLOT = ("member", "race", "k", "stop_ids", "stop_token", "marked", "counted", "forced", "last_token")
+
+    @property
+    def active_np(self) -> np.ndarray:
+        return self.members_np
+
+    def _to_device(self, values) -> torch.Tensor:
+        return to_device(values, self.env.device, self.env.pin_memory)
+
+    def parse_engine(self, params: Any, known_keys: Sequence[str] = ()) -> FirstFinishMember | None:
+        extra = getattr(params, "extra_args", None)
+        if not extra or (FIRST_FINISH_KEY not in extra and GROUP_KEY not in extra):
+            return None
+        try:
+            return FirstFinishMember.from_params(params, self.env.vocab_size)
+        except TTSParamsError as exc:
+            logger.warning("ttsplugin: request left without First Finish Search: %s", exc)
+            return None
+
+    def admit(self, slots, requests, prompts, restored=None) -> None:
+        if not slots:
+            return
+        width = max([self.stop_ids.shape[1]] + [len(m.stop_ids) for m in requests])
+        if width > self.stop_ids.shape[1]:
+            pad = torch.full(
+                (self.env.num_slots, width - self.stop_ids.shape[1]),
+                -1,
+                dtype=torch.long,
+                device=self.env.device,
+            )
+            self.stop_ids = torch.cat([self.stop_ids, pad], dim=1)
+        rows = {name: [] for name in ("race", "k", "stop_token", "marked", "stop_ids")}
+        for slot, member, prompt in zip(slots, requests, prompts, strict=True):
+            if member.key is None:
+                host_prompt = prompt if isinstance(prompt, list) else None  # V2 prompts stay on the device
+                member.prompt_len = len(host_prompt) if host_prompt is not None else 0
+                member.key = member.race_key(host_prompt)
+            if (
+                self.marker is None
+            ):  # no engine tokenizer: the marker admission stamped (one model, one marker)
+                self.marker = member.marker
+            self.core.add(slot, member.key, member.spec.k, member.size, member)
+            self.members_np[slot] = True
+            self.requests[slot] = member
+            rows["race"].append(self.core.race_index[slot])
+            rows["k"].append(member.spec.k)
+            rows["stop_token"].append(member.stop_token)
+            rows["marked"].append(member.marker is not None and member.marker == self.marker)
+            rows["stop_ids"].append(list(member.stop_ids) + [-1] * (width - len(member.stop_ids)))
+        if self.core.recycled:  # race indices handed out again: their device counts start over
+            self.finished[self._to_device(np.asarray(self.core.recycled, dtype=np.int64))] = 0
+            self.core.recycled.clear()
+        index = self._to_device(np.asarray(slots, dtype=np.int64))
+        for name, values in rows.items():
+            getattr(self, name)[index] = self._to_device(np.asarray(values, dtype=np.int64)).to(
+                getattr(self, name).dtype
+            )
+        self.member[index] = True
+        for name, value in (("counted", False), ("forced", False), ("last_token", -1)):
+            getattr(self, name)[index] = value
+        if restored is not None:
+            for name, value in restored.items():
+                getattr(self, name)[index] = value
+
+    def release(self, slots, outputs=None) -> None:
+        gone = [s for s in slots if self.members_np[s]]
+        if not gone:
+            return
+        stop_string_races = []
+        for i, slot in enumerate(slots):
+            if not self.members_np[slot]:
+                continue
+            member = self.requests[slot]
+            outcome = SlotOutcome.UNKNOWN
+            if outputs is not None and outputs[i] is not None:
+                outcome = member_outcome(
+                    member,
+                    outputs[i],
+                    self.vocab.tokenizer if self.vocab is not None else None,
+                    self.env.max_model_len,
+                )
+                last = next((t for t in reversed(outputs[i]) if t >= 0), None)
+                if outcome == SlotOutcome.NATURAL and last not in member.stop_ids:
+                    stop_string_races.append(
+                        int(self.core.race_index[slot])
+                    )  # a stop string: not yet counted
+            self.core.remove(slot, outcome)
+            self.members_np[slot] = False
+            self.requests[slot] = None
+        if stop_string_races:
+            index = self._to_device(np.asarray(stop_string_races, dtype=np.int64))
+            self.finished.index_add_(0, index, torch.ones_like(index))
+        self.member[self._to_device(np.asarray(gone, dtype=np.int64))] = False
+
+    def permute(self, source: np.ndarray) -> None:
+        source = np.asarray(source, dtype=np.int64)
+        empty = source < 0
+        src = np.where(empty, np.arange(self.env.num_slots), source)
+        self.core.permute(source)
+        index = self._to_device(src)
+        for name in self._PER_SLOT:
+            setattr(self, name, getattr(self, name)[index])
+        self.members_np = self.members_np[src] & ~empty
+        self.requests = [None if empty[i] else self.requests[src[i]] for i in range(self.env.num_slots)]
+        if empty.any():
+            self.member[self._to_device(np.flatnonzero(empty))] = False
+
+    def snapshot(self, slot: int) -> object | None:
+        if not self.members_np[slot]:
+            return None
+        return self.requests[slot], {
+            n: getattr(self, n)[slot].clone() for n in ("counted", "forced", "last_token")
+        }
+
+    def restore(self, slot: int, snap: object) -> None:
+        member, flags = snap  # type: ignore[misc]
+        self.admit([slot], [member], [None], restored=flags)
+
+    def observe(self, slots, tokens, positions, valid, infer_injections: bool = False) -> None:
+        if not self.members_np.any() or slots.numel() == 0:
+            return
+        ok = self.member[slots]
+        if valid is not None:
+            ok = ok & valid
+        is_stop = (self.stop_ids[slots] == tokens.unsqueeze(1)).any(dim=1)
+        new = ok & is_stop & ~self.counted[slots] & ~self.forced[slots]
+        self.counted[slots] = self.counted[slots] | new
+        self.finished.index_add_(0, self.race[slots], new.long())
+        self.last_token[slots] = torch.where(ok, tokens, self.last_token[slots])
+
+    def apply(self, logits, slots, slots_np, out_len, rows) -> torch.Tensor:
+        if not self.members_np[slots_np].any():
+            return logits
+        rows = rows if rows is not None else torch.arange(slots.shape[0], device=logits.device)
+        member = self.member[slots]
+        stop = member & ~self.counted[slots] & (self.finished[self.race[slots]] >= self.k[slots])
+        tokens = self.stop_token[slots]
+        if self.marker is not None:
+            # Marked members (the marker is one of their stop tokens) never sample it themselves; a loser gets it
+            # and the engine core ends it there (EOS only if it were scheduled again).
+            marked = member & self.marked[slots]
+            column = logits[rows, self.marker]
+            logits[rows, self.marker] = torch.where(marked, float("-inf"), column)
+            use_marker = marked & (self.last_token[slots] != self.marker)
+            tokens = torch.where(use_marker, self.marker, tokens)
+        self.forced[slots] = self.forced[slots] | stop
+        self._ops.fill_rows_(logits, rows, stop, float("-inf"))
+        column = logits[rows, tokens.clamp(min=0)]
+        logits[rows, tokens.clamp(min=0)] = torch.where(stop, 0.0, column)
+        return logits
+
+
 # Components composed into TTSLogitsProcessor, in application order (later wins on a shared row).
-COMPONENTS: list[type[SlotComponent]] = [ThinkingComponent]
+COMPONENTS: list[type[SlotComponent]] = [ThinkingComponent, FirstFinishComponent]
+
+__all__ = [
+    "COMPONENTS",
+    "FirstFinishComponent",
+    "SlotComponent",
+    "SlotEnv",
+    "ThinkingComponent",
+    "ThinkingConfigError",
+    "request_stop_ids",
+]

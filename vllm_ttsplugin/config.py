@@ -14,6 +14,7 @@ field names of `ThinkingConfig`, so `ThinkingConfig(**extra_args)` and `config.t
 | `tts_think_start`     | str (detected)        | start-of-thinking delimiter, may be several tokens                 |
 | `tts_end_temperature` | float > 0 (off)       | TS, the paper's form: end-token logit z -> z / T while thinking     |
 | `tts_end_bias`        | float (off)           | TS, shift-invariant form: z -> z + bias (odds times e^bias)         |
+| `tts_eos_in_thinking` | str ("end_attempt")   | EOS inside thinking: an end attempt (s1) or "stop" (ends the output)|
 
 This module is framework-free (no torch, no vLLM): `ThinkingConfig.from_extra_args` does every check that needs
 no tokenizer; `vllm_ttsplugin.vocab.resolve_thinking` does the ones that need the model's tokenizer.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # Keys of other ttsplugin components (First Finish Search, a separate issue). They are tts_* keys but not ours;
@@ -42,17 +43,22 @@ MAX_FORCED_TOKENS = 256  # tokens of the wait text, or of end delimiter + answer
 MAX_DELIMITER_TOKENS = 32
 
 
-class ThinkingConfigError(ValueError):
-    """A thinking-control setting is invalid. `parameter` names the offending key, `value` is what was given.
+class TTSParamsError(ValueError):
+    """A per-request ttsplugin setting is invalid. `parameter` names the offending key, `value` is what was given.
 
-    A `ValueError`, so vLLM turns it into a 400 response (the adapters re-raise it as vLLM's
-    `VLLMValidationError` with the same `parameter`).
+    The one error class of every control (thinking control, First Finish Search). `TTSLogitsProcessor.
+    validate_params` re-raises it as vLLM's `VLLMValidationError` with the same `parameter` (HTTP 400 naming the
+    key on the server); the re-raised error is also an instance of the original class.
     """
 
     def __init__(self, message: str, *, parameter: str | None = None, value: Any = None) -> None:
         super().__init__(message)
         self.parameter = parameter
         self.value = value
+
+
+class ThinkingConfigError(TTSParamsError):
+    """A thinking-control setting is invalid (see `TTSParamsError`)."""
 
 
 def _describe(value: Any) -> str:
@@ -93,6 +99,17 @@ def _check_str(key: str, value: Any, *, allow_empty: bool) -> str:
     return value
 
 
+EOS_END_ATTEMPT = "end_attempt"
+EOS_STOP = "stop"
+EOS_MODES = (EOS_END_ATTEMPT, EOS_STOP)
+
+
+def _key(kind: type, help: str, *, default: Any = None, text: bool = False, choices: tuple = ()) -> Any:
+    """A config field whose metadata describes it for the command line (`ttsplugin generate` derives its flags
+    from these: type, help, choices, and whether `\\n`/`\\t` escapes are decoded)."""
+    return field(default=default, metadata={"type": kind, "help": help, "text": text, "choices": choices})
+
+
 @dataclass(frozen=True)
 class ThinkingConfig:
     """Thinking control for one request: s1 budget forcing and temperature-scaled end-of-think.
@@ -102,34 +119,62 @@ class ThinkingConfig:
     untouched.
 
     Args:
-        tts_min_think (`int`, *optional*): Minimum number of thinking tokens. Before it is reached, an attempt to
-            end thinking (the end delimiter's first token would be produced) is replaced by `tts_wait`.
-        tts_max_think (`int`, *optional*): Maximum number of thinking tokens. The completion then has exactly this
-            many thinking tokens, followed by the end delimiter's tokens and the answer prefix's tokens.
+        tts_min_think (`int`, *optional*): Minimum number of thinking tokens (the model's own tokens inside the
+            think block; injected wait tokens do not count). Before it is reached, an attempt to end thinking (the
+            end delimiter's first token, or EOS / a stop token, would be produced) is replaced by `tts_wait`, and
+            the token after a wait text is never an attempt (s1's `min_tokens=1`).
+        tts_max_think (`int`, *optional*): Maximum number of thinking tokens (counted the same way). The completion
+            then has exactly this many thinking tokens, followed by the end delimiter's tokens and the answer
+            prefix's tokens.
         tts_wait (`str`, defaults to `"Wait"`): Text injected verbatim on a suppressed end attempt (the tokens of
             `tokenizer.encode(text, add_special_tokens=False)`); once started it is always completed.
         tts_max_waits (`int`, *optional*): At most this many injections ("ignore N times" in s1); after that the
             model may end thinking before `tts_min_think`. Unlimited by default.
         tts_answer_prefix (`str`, defaults to `""`): Forced after the end delimiter when `tts_max_think` stopped
             thinking (not after a natural end), e.g. `"\\nFinal Answer:"`.
-        tts_think_end (`str`, *optional*): End-of-thinking delimiter. Detected from the tokenizer by default
-            (`</think>` when it is a token). May tokenize to several tokens (s1's `<|im_start|>answer`).
+        tts_think_end (`str`, *optional*): End-of-thinking delimiter. By default the engine's reasoning
+            configuration's, else detected from the tokenizer (`</think>` when it is a token). May tokenize to
+            several tokens (s1's `<|im_start|>answer`); if its first token is ordinary text, only `tts_max_think`
+            can be enforced with it.
         tts_think_start (`str`, *optional*): Start-of-thinking delimiter, detected like `tts_think_end`.
         tts_end_temperature (`float`, *optional*): Temperature scaling of the end token (the paper's form): its
             logit z becomes z / T while thinking. Note z / T depends on the sign of z (logits are shift-invariant).
         tts_end_bias (`float`, *optional*): Shift-invariant form: z becomes z + bias, i.e. the end token's odds
             are multiplied by e^bias. Mutually exclusive with `tts_end_temperature`.
+        tts_eos_in_thinking (`str`, defaults to `"end_attempt"`): What an EOS (or another token that would end the
+            request) sampled inside an open think block means. `"end_attempt"` (s1's loop, which stops a
+            thinking round at the end delimiter or EOS): below the minimum it becomes the wait text, otherwise the
+            end delimiter (thinking ends naturally and the answer follows). `"stop"`: it ends the completion, as
+            without the processor.
     """
 
-    tts_min_think: int | None = None
-    tts_max_think: int | None = None
-    tts_wait: str = DEFAULT_WAIT
-    tts_max_waits: int | None = None
-    tts_answer_prefix: str = ""
-    tts_think_end: str | None = None
-    tts_think_start: str | None = None
-    tts_end_temperature: float | None = None
-    tts_end_bias: float | None = None
+    tts_min_think: int | None = _key(
+        int, "minimum thinking tokens; an earlier attempt to end thinking becomes the wait text"
+    )
+    tts_max_think: int | None = _key(
+        int, "at exactly this many thinking tokens the end delimiter (then the answer prefix) is forced"
+    )
+    tts_wait: str = _key(str, "text injected on a suppressed end attempt", default=DEFAULT_WAIT, text=True)
+    tts_max_waits: int | None = _key(int, "after this many injections the model may end thinking (unlimited)")
+    tts_answer_prefix: str = _key(
+        str,
+        "text forced after a budget stop (not after a natural end), e.g. '\\nFinal Answer:'",
+        default="",
+        text=True,
+    )
+    tts_think_end: str | None = _key(str, "end-of-thinking delimiter (detected by default)", text=True)
+    tts_think_start: str | None = _key(str, "start-of-thinking delimiter (detected by default)", text=True)
+    tts_end_temperature: float | None = _key(
+        float, "TS, the paper's form: the end token's logit z becomes z / T while thinking"
+    )
+    tts_end_bias: float | None = _key(float, "TS, shift-invariant form: z becomes z + bias while thinking")
+    tts_eos_in_thinking: str = _key(
+        str,
+        "what EOS (or a stop token) sampled inside thinking means: 'end_attempt' (s1: an attempt to end thinking, "
+        "so the wait text below the minimum, else the end delimiter) or 'stop' (it ends the completion)",
+        default=EOS_END_ATTEMPT,
+        choices=EOS_MODES,
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -158,6 +203,14 @@ class ThinkingConfig:
         if self.tts_end_bias is not None:
             object.__setattr__(
                 self, "tts_end_bias", _check_float("tts_end_bias", self.tts_end_bias, positive=False)
+            )
+        _check_str("tts_eos_in_thinking", self.tts_eos_in_thinking, allow_empty=False)
+        if self.tts_eos_in_thinking not in EOS_MODES:
+            raise ThinkingConfigError(
+                f"`tts_eos_in_thinking` must be one of {', '.join(map(repr, EOS_MODES))}, "
+                f"got {self.tts_eos_in_thinking!r}",
+                parameter="tts_eos_in_thinking",
+                value=self.tts_eos_in_thinking,
             )
         if self.tts_end_temperature is not None and self.tts_end_bias is not None:
             raise ThinkingConfigError(
@@ -192,6 +245,10 @@ class ThinkingConfig:
     def is_active(self) -> bool:
         """Whether the request is controlled at all: a budget or TS is set (the other keys only tune those)."""
         return bool(self.tts_min_think) or self.tts_max_think is not None or self.has_end_scaling
+
+    @property
+    def eos_is_end_attempt(self) -> bool:
+        return self.tts_eos_in_thinking == EOS_END_ATTEMPT
 
     @property
     def has_end_scaling(self) -> bool:
@@ -242,7 +299,7 @@ class ThinkingConfig:
         if not values:
             return None
         # Explicit nulls from JSON clients mean "not set" for the optional keys.
-        for key in ("tts_wait", "tts_answer_prefix"):
+        for key in ("tts_wait", "tts_answer_prefix", "tts_eos_in_thinking"):
             if key in values and values[key] is None:
                 raise ThinkingConfigError(f"`{key}` must be a string, got None", parameter=key, value=None)
         values = {k: v for k, v in values.items() if v is not None}

@@ -32,14 +32,15 @@ What this module relies on in vLLM (0.32; read in its source, checked in tests/t
    (``n`` still visible) right before cloning them for the request, stamps the race id, ``n`` and the marker token
    into a *new* ``extra_args`` dict. The children inherit it through the clone and it survives serialization. On V1
    the prompt (length and ends) is part of the key of an ``n``-race too.
-2. **Natural finish.** The processor cannot see finish reasons. On V1 a finished request leaves the persistent
-   batch: listed in ``removed``, or silently overwritten by an ``added`` or a condensing ``moved`` entry. Its live
-   output list still ends with the token that ended it: a stop token (natural), ``max_tokens`` reached (length), our
-   own forced stop (loser), a stop string in the text after the first ``min_tokens`` tokens (natural: exactly where
-   vLLM's detokenizer looks), or anything else (preempted or aborted: it may come back and is not counted). On V2
-   there is no removal hook; the committed tokens stay in ``req_states.all_token_ids`` until the slot is reused, so
-   each step counts, on the device, the member slots whose last committed token is one of their stop tokens (and,
-   when a slot is reused, its previous occupant right before the runner overwrites it).
+2. **Natural finish.** The processor cannot see finish reasons, only tokens. The adapters observe every token each
+   sample produced, including the one that finished it (V1: from its live output list right before it leaves the
+   persistent batch, listed in ``removed`` or overwritten by an ``added`` or condensing ``moved`` entry; V2: from
+   ``req_states.all_token_ids``, which keeps a slot's committed tokens until the slot is reused, for every member
+   slot each step and right before a reuse). A member's token that is one of its own stop tokens (not the marker),
+   and that FFS did not force, is a natural finish, counted on the device. A stop *string* ends a sample in the
+   frontend; on V1 its output list then still holds the text, read when it leaves (`member_outcome`): a natural
+   finish only if the string ends in the text after the first ``min_tokens`` tokens, exactly where vLLM's
+   detokenizer looks. V2 has no such hook.
 3. **Stopping.** A logits processor stops a request by forcing a token: the row is filled with -inf and the token's
    logit set to 0. Admission appends the marker token to the request's ``stop_token_ids``, so the engine core's
    stop check ends a loser on the very step it is forced (stop tokens are checked before ``min_tokens`` and need no
@@ -47,9 +48,11 @@ What this module relies on in vLLM (0.32; read in its source, checked in tests/t
    for them). Where the tokenizer has no single token for the marker, the stop token (EOS) is forced and losers are
    not marked.
 
-Serving: `FirstFinishV1` / `FirstFinishV2` are components with the runner's processor hooks, composed into
-``vllm_ttsplugin:TTSLogitsProcessor`` (its `runner_components`) next to thinking control. FFS's stop is applied
-last, so it overrides forced sequences, budgets and TS.
+Serving: `vllm_ttsplugin.components.FirstFinishComponent` plugs this race core into
+``vllm_ttsplugin:TTSLogitsProcessor`` through the same slot interface and adapter bookkeeping as thinking control
+(both runners). FFS's stop is applied last, so it overrides forced sequences, budgets and TS.
+
+This module is framework-free (no vLLM import at run time).
 """
 
 from __future__ import annotations
@@ -68,14 +71,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from vllm.exceptions import VLLMValidationError
-from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+from vllm_ttsplugin.config import TTSParamsError
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
-    from vllm.config import VllmConfig
     from vllm.outputs import CompletionOutput, RequestOutput
-    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext, LogitsProcRequestState
 
 FIRST_FINISH_KEY = "tts_first_finish"
 GROUP_KEY = "tts_group"
@@ -94,10 +95,9 @@ __all__ = [
     "FIRST_FINISH_KEY",
     "GROUP_KEY",
     "FirstFinishCore",
+    "FirstFinishMember",
     "FirstFinishParamsError",
     "FirstFinishRequest",
-    "FirstFinishV1",
-    "FirstFinishV2",
     "SlotOutcome",
     "find_marker_token",
     "first_finish_marker",
@@ -105,6 +105,7 @@ __all__ = [
     "first_finish_winners",
     "force_tokens_",
     "is_first_finish_stopped",
+    "member_outcome",
     "parse_first_finish_args",
     "validate_first_finish_params",
 ]
@@ -115,12 +116,11 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class FirstFinishParamsError(VLLMValidationError):
+class FirstFinishParamsError(TTSParamsError):
     """A bad FFS argument, naming the parameter (``.parameter``).
 
-    A `VLLMValidationError`, vLLM's request-error class, which vLLM passes through unchanged (HTTP 400 on the
-    server; the engine goes on serving the other requests). A plain `ValueError` would be re-wrapped without the
-    parameter."""
+    A `TTSParamsError` like every ttsplugin setting error: `TTSLogitsProcessor.validate_params` turns it into vLLM's
+    `VLLMValidationError` with the same parameter (HTTP 400 on the server; the engine goes on serving)."""
 
 
 @dataclass(frozen=True)
@@ -475,6 +475,27 @@ class FirstFinishCore:
             dst if s == src else src if (swap and s == dst) else s for s in self.stopping_slots
         }
 
+    def permute(self, source: np.ndarray) -> None:
+        """Rearrange slots: slot i takes what slot `source[i]` held (`-1`: empties slot i)."""
+        source = np.asarray(source, dtype=np.int64)
+        keep = source >= 0
+        src = np.where(keep, source, np.arange(self.max_slots))
+        leaving = np.setdiff1d(np.flatnonzero(self.race_index >= 0), src[keep])
+        for slot in leaving.tolist():  # members whose slot is overwritten without a successor
+            self.remove(int(slot), SlotOutcome.UNKNOWN)
+        self.race_index = np.where(keep, self.race_index[src], -1)
+        self.k = np.where(keep, self.k[src], 0)
+        self.stopping = np.where(keep, self.stopping[src], False)
+        self.payload = [self.payload[src[i]] if keep[i] else None for i in range(self.max_slots)]
+        for race in self._races.values():
+            race.slots = set()
+        for slot in np.flatnonzero(self.race_index >= 0).tolist():
+            race = self._race_of_index[self.race_index[slot]]
+            if race is not None:
+                race.slots.add(slot)
+        self.stopping_slots = set(np.flatnonzero(self.stopping).tolist())
+        self.num_members = int((self.race_index >= 0).sum())
+
     def _clear(self, slot: int) -> None:
         self.race_index[slot] = -1
         self.k[slot] = 0
@@ -508,18 +529,6 @@ def force_tokens_where_(logits: torch.Tensor, mask: torch.Tensor, tokens: torch.
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _load_tokenizer(vllm_config: VllmConfig | None):
-    model_config = getattr(vllm_config, "model_config", None)
-    if model_config is None or getattr(model_config, "skip_tokenizer_init", False):
-        return None
-    try:
-        from vllm.tokenizers.registry import cached_tokenizer_from_config
-
-        return cached_tokenizer_from_config(model_config)
-    except Exception:  # no tokenizer: FFS still works, losers are just not marked
-        return None
-
-
 def find_marker_token(tokenizer, vocab_size: int | None = None) -> int | None:
     """The single token that decodes to `FFS_MARKER_TEXT`, or None when the tokenizer has none."""
     if tokenizer is None:
@@ -547,190 +556,104 @@ def _user_stop_strings(params: SamplingParams) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# V1 runner adapter (persistent batch: update_state(BatchUpdate) + apply(logits))
+# One member as the engine sees it, and how it left its slot
 # ----------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _V1Member:
-    output_ids: list[int]  # live list, owned by the model runner
-    stop_ids: frozenset[int]  # natural finishes: EOS and the request's own stop tokens
+class FirstFinishMember:
+    """One sample's FFS facts, parsed engine-side from its params (`FirstFinishComponent.parse_engine`)."""
+
+    spec: FirstFinishRequest
+    extra_args: dict[str, Any]
+    size: int | None  # samples of the request (n) when known; None for a tts_group
+    stop_ids: tuple[int, ...]  # tokens that end the sample naturally (EOS unless ignore_eos, stop_token_ids)
     stop_token: int  # forced to end an unmarked sample: EOS, else the first stop token (-1: none)
-    marker: int  # marker token stamped at admission (-1: unmarked); forced first, it ends the sample at once
+    marker: int | None  # marker token stamped at admission (a stop token of the request); None: unmarked
     max_tokens: int | None
     min_tokens: int  # vLLM checks stop strings only in the text after the first min_tokens tokens
-    prompt_len: int
     stop_strings: tuple[str, ...]
     skip_special_tokens: bool
+    prompt_len: int = 0
+    key: Hashable | None = None  # its race, fixed at first admission (a resumed sample rejoins it)
 
-
-class FirstFinishV1:
-    """FFS for vLLM's V1 model runner, as a component with the processor hooks (compose it into a processor).
-
-    Host bookkeeping only changes with batch updates; `apply` returns at once when no FFS request is in the batch,
-    masks the marker token for members (one ``index_put_``) and forces the rows being stopped (one ``index_fill_``
-    and one ``index_put_``; a Python loop touches only those rows, for the one or two steps they take to stop).
-    """
-
-    validate_params = staticmethod(validate_first_finish_params)
-
-    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool = False):
-        max_slots = int(vllm_config.scheduler_config.max_num_seqs)
-        model_config = getattr(vllm_config, "model_config", None)
-        self.max_model_len = getattr(model_config, "max_model_len", None)
-        self.vocab_size = model_config.get_vocab_size() if model_config is not None else None
-        self.device = torch.device(device)
-        self.pin_memory = is_pin_memory
-        self.core = FirstFinishCore(max_slots)
-        self._vllm_config = vllm_config
-        self._tokenizer: Any = None
-        self._tokenizer_loaded = False
-        self._member_rows: torch.Tensor | None = (
-            None  # [num marked members] rows whose marker logit is masked
-        )
-        self._marker_columns: torch.Tensor | None = None  # [num marked members] their marker tokens
-        self._neg_inf = torch.tensor(float("-inf"), device=self.device)
-        self._members_changed = False
-
-    # -- tokenizer (only needed to read stop strings, once a member has some) -------------------------------------
-    def _ensure_tokenizer(self) -> None:
-        if not self._tokenizer_loaded:
-            self._tokenizer_loaded = True
-            self._tokenizer = _load_tokenizer(self._vllm_config)
-
-    def set_tokenizer(self, tokenizer) -> None:
-        """Use `tokenizer` (instead of loading the model's) to read stop strings."""
-        self._tokenizer, self._tokenizer_loaded = tokenizer, True
-
-    # -- hooks ---------------------------------------------------------------------------------------------------
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        core = self.core
-        if core.num_members:
-            for index in batch_update.removed:
-                self._vacate(index)
-        for index, params, prompt_ids, output_ids in batch_update.added:
-            if core.num_members:
-                self._vacate(index)  # an add over an occupied index: the previous request left
-            extra_args = params.extra_args
-            if extra_args and (FIRST_FINISH_KEY in extra_args or GROUP_KEY in extra_args):
-                self._admit(index, params, prompt_ids, output_ids)
-        if core.num_members:
-            for src, dst, direction in batch_update.moved:
-                swap = direction == MoveDirectionality.SWAP
-                if not swap and src != dst:
-                    self._vacate(dst)  # condensing moves overwrite finished requests without removing them
-                core.move(src, dst, swap)
-                self._members_changed = True
-        if self._members_changed:
-            self._members_changed = False
-            rows = [int(r) for r in core.member_slots() if core.payload[r].marker >= 0]
-            if rows:
-                self._member_rows = self._to_device(rows)
-                self._marker_columns = self._to_device([core.payload[r].marker for r in rows])
-            else:
-                self._member_rows = None
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        core = self.core
-        if not core.num_members:
-            return logits
-        if self._member_rows is not None:  # members never sample the marker themselves
-            value = self._neg_inf if logits.dtype == self._neg_inf.dtype else self._neg_inf.to(logits.dtype)
-            logits.index_put_((self._member_rows, self._marker_columns), value)
-        if not core.stopping_slots:
-            return logits
-        rows = sorted(s for s in core.stopping_slots if s < logits.shape[0])
-        tokens = []
-        for slot in rows:
-            member: _V1Member = core.payload[slot]
-            # The marker ends the sample in the engine core's stop check; EOS only if it is somehow scheduled again.
-            last = _last_real_token(member.output_ids)
-            marked = member.marker >= 0 and (member.stop_token < 0 or last != member.marker)
-            tokens.append(member.marker if marked else member.stop_token)
-        return force_tokens_(logits, self._to_device(rows), self._to_device(tokens))
-
-    # -- internals -----------------------------------------------------------------------------------------------
-    def _admit(self, index: int, params: SamplingParams, prompt_ids, output_ids: list[int]) -> None:
+    @classmethod
+    def from_params(cls, params: SamplingParams, vocab_size: int | None = None) -> FirstFinishMember | None:
         spec = parse_first_finish_args(params.extra_args)
         if spec is None:
-            return
-        marker = _stamped_marker(params, self.vocab_size)
+            return None
+        marker = _stamped_marker(params, vocab_size)
         stop_ids = _natural_stop_ids(params, marker)
         if not stop_ids and marker is None:
-            return  # nothing can end this sample; validate_params rejects this case at admission
-        stop_strings = _user_stop_strings(params)
-        if stop_strings:
-            self._ensure_tokenizer()
-        member = _V1Member(
-            output_ids=output_ids,
-            stop_ids=frozenset(stop_ids),
+            return None  # nothing can end this sample; validate_params rejects this case at admission
+        return cls(
+            spec=spec,
+            extra_args=params.extra_args,
+            size=_race_size(params.extra_args, spec),
+            stop_ids=stop_ids,
             stop_token=stop_ids[0] if stop_ids else -1,
-            marker=-1 if marker is None else marker,
+            marker=marker,
             max_tokens=params.max_tokens,
             min_tokens=int(params.min_tokens or 0),
-            prompt_len=len(prompt_ids) if prompt_ids is not None else 0,
-            stop_strings=stop_strings if self._tokenizer is not None else (),
+            stop_strings=_user_stop_strings(params),
             skip_special_tokens=params.skip_special_tokens,
         )
-        key = _race_key(params.extra_args, spec, prompt_ids)
-        self.core.add(index, key, spec.k, _race_size(params.extra_args, spec), member)
-        self._members_changed = True
 
-    def _vacate(self, index: int) -> None:
-        core = self.core
-        if core.race_index[index] < 0:
-            return
-        member: _V1Member = core.payload[index]
-        core.remove(index, self._outcome(index, member))
-        self._members_changed = True
+    def race_key(self, prompt_ids: Sequence[int] | None) -> Hashable:
+        return _race_key(self.extra_args, self.spec, prompt_ids)
 
-    def _outcome(self, index: int, member: _V1Member) -> SlotOutcome:
-        if self.core.stopping[index]:
-            return SlotOutcome.STOPPED
-        tokens = member.output_ids
-        last = _last_real_token(tokens)
-        if last is None:
-            return SlotOutcome.UNKNOWN
-        if last in member.stop_ids:
-            return SlotOutcome.NATURAL
-        if member.stop_strings and self._ends_with_stop_string(member):
-            return SlotOutcome.NATURAL
-        num_tokens = len(tokens) - _num_placeholders(tokens)
-        if (member.max_tokens is not None and num_tokens >= member.max_tokens) or (
-            self.max_model_len is not None and member.prompt_len + num_tokens >= self.max_model_len
-        ):
-            return SlotOutcome.LENGTH
+
+def member_outcome(
+    member: FirstFinishMember,
+    output_ids: list[int],
+    tokenizer: Any = None,
+    max_model_len: int | None = None,
+) -> SlotOutcome:
+    """Why a member left its slot, read from its (V1, live) output list when it leaves the batch.
+
+    Its list still ends with the token that ended it: a stop token (natural), our marker (stopped), a stop
+    string in its text after the first ``min_tokens`` tokens (natural: the frontend ended it and aborted it in the
+    engine core), ``max_tokens`` or the context length reached (length), or anything else (preempted or aborted:
+    it may come back; not counted).
+    """
+    last = _last_real_token(output_ids)
+    if last is None:
         return SlotOutcome.UNKNOWN
+    if last in member.stop_ids:
+        return SlotOutcome.NATURAL
+    if member.marker is not None and last == member.marker:
+        return SlotOutcome.STOPPED
+    if (
+        member.stop_strings
+        and tokenizer is not None
+        and _ends_with_stop_string(member, output_ids, tokenizer)
+    ):
+        return SlotOutcome.NATURAL
+    num_tokens = len(output_ids) - _num_placeholders(output_ids)
+    if (member.max_tokens is not None and num_tokens >= member.max_tokens) or (
+        max_model_len is not None and member.prompt_len + num_tokens >= max_model_len
+    ):
+        return SlotOutcome.LENGTH
+    return SlotOutcome.UNKNOWN
 
-    def _ends_with_stop_string(self, member: _V1Member) -> bool:
-        # A sample the frontend ended on a stop string was aborted in the engine core; its text holds the string
-        # (possibly followed by the few tokens generated before the abort arrived). vLLM's detokenizer looks for
-        # stop strings only once more than min_tokens tokens exist, and only for matches ending in the text after
-        # the first min_tokens tokens: a string there is a natural finish, one before it is not (e.g. a sample cut
-        # by max_tokens == min_tokens whose text contains a stop string is a length cut).
-        ids = [t for t in member.output_ids if t >= 0]
-        if len(ids) <= member.min_tokens:
-            return False
-        try:
-            text = self._tokenizer.decode(ids, skip_special_tokens=member.skip_special_tokens)
-            head = member.min_tokens and len(
-                self._tokenizer.decode(
-                    ids[: member.min_tokens], skip_special_tokens=member.skip_special_tokens
-                )
-            )
-        except Exception:
-            return False
-        return any(text.find(s, max(head - len(s) + 1, 0)) >= 0 for s in member.stop_strings)
 
-    def _to_device(self, values) -> torch.Tensor:
-        host = torch.as_tensor(np.asarray(values, dtype=np.int64))
-        if self.device.type == "cpu":
-            return host
-        if self.pin_memory:
-            host = host.pin_memory()
-        return host.to(self.device, non_blocking=True)
+def _ends_with_stop_string(member: FirstFinishMember, output_ids: list[int], tokenizer: Any) -> bool:
+    # A sample the frontend ended on a stop string was aborted in the engine core; its text holds the string
+    # (possibly followed by the few tokens generated before the abort arrived). vLLM's detokenizer looks for
+    # stop strings only once more than min_tokens tokens exist, and only for matches ending in the text after
+    # the first min_tokens tokens: a string there is a natural finish, one before it is not (e.g. a sample cut
+    # by max_tokens == min_tokens whose text contains a stop string is a length cut).
+    ids = [t for t in output_ids if t >= 0]
+    if len(ids) <= member.min_tokens:
+        return False
+    try:
+        text = tokenizer.decode(ids, skip_special_tokens=member.skip_special_tokens)
+        head = member.min_tokens and len(
+            tokenizer.decode(ids[: member.min_tokens], skip_special_tokens=member.skip_special_tokens)
+        )
+    except Exception:
+        return False
+    return any(text.find(s, max(head - len(s) + 1, 0)) >= 0 for s in member.stop_strings)
 
 
 def _num_placeholders(tokens: list[int]) -> int:
@@ -745,166 +668,6 @@ def _last_real_token(tokens: list[int]) -> int | None:
         if token >= 0:
             return token
     return None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# V2 runner adapter (persistent slots: add_request + apply_staged_writes + apply(logits, ctx))
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class FirstFinishV2:
-    """FFS for vLLM's V2 model runner (GPU default), as a component with the V2 processor hooks.
-
-    Membership and races are host bookkeeping (`FirstFinishCore`); counting natural finishes and deciding whom
-    to stop happen on the device, from ``req_states`` (committed tokens and lengths), so a step never waits on the
-    GPU: per step a handful of gathers over the member slots and one masked write over the rows. `apply` returns
-    at once, with no device work, when no FFS member is in the batch (host check of ``ctx.idx_mapping_np``).
-    """
-
-    validate_params = staticmethod(validate_first_finish_params)
-
-    def __init__(self, vllm_config: VllmConfig, req_states: LogitsProcRequestState):
-        self.req_states = req_states
-        self.device = torch.device(req_states.device)
-        max_slots = int(req_states.max_num_reqs)
-        self.core = FirstFinishCore(max_slots)
-        self.max_races = self.core.max_races
-        # The model's marker token, as stamped at admission (one tokenizer per engine, so one marker).
-        self.marker_token: int | None = None
-        dev = self.device
-        self._num_stop_ids = 4
-        # Host mirrors of what add_request writes (flushed in apply_staged_writes).
-        self._host_race = np.zeros(max_slots, dtype=np.int64)
-        self._host_k = np.zeros(max_slots, dtype=np.int64)
-        self._host_stop_token = np.zeros(max_slots, dtype=np.int64)
-        self._host_marked = np.zeros(max_slots, dtype=bool)
-        self._host_stop_ids = np.full((max_slots, self._num_stop_ids), -1, dtype=np.int64)
-        self._dirty: list[int] = []
-        # Device state, per slot.
-        self.race = torch.zeros(max_slots, dtype=torch.long, device=dev)  # [max_slots] race index
-        self.k = torch.zeros(max_slots, dtype=torch.long, device=dev)  # [max_slots] finishes that stop it
-        self.member = torch.zeros(
-            max_slots, dtype=torch.bool, device=dev
-        )  # [max_slots] slot is an FFS member
-        self.stop_token = torch.zeros(max_slots, dtype=torch.long, device=dev)  # [max_slots] EOS / stop token
-        self.marked = torch.zeros(max_slots, dtype=torch.bool, device=dev)  # [max_slots] marker first
-        self.stop_ids = torch.full((max_slots, self._num_stop_ids), -1, dtype=torch.long, device=dev)
-        self.counted = torch.zeros(
-            max_slots, dtype=torch.bool, device=dev
-        )  # [max_slots] natural finish counted
-        self.forced = torch.zeros(max_slots, dtype=torch.bool, device=dev)  # [max_slots] FFS forced a token
-        self.finished = torch.zeros(
-            self.max_races, dtype=torch.long, device=dev
-        )  # [max_races] natural finishes
-        self._slot_ids = torch.arange(max_slots, device=dev)
-        self._member_slots = self._slot_ids[:0]
-        self._members_changed = False
-
-    # -- hooks ---------------------------------------------------------------------------------------------------
-    def add_request(self, slot: int, params: SamplingParams) -> bool:
-        core = self.core
-        if core.race_index[slot] >= 0:
-            # The slot is reused: count its previous occupant now, before the runner's staged writes (flushed after
-            # every add_request of this step) overwrite its tokens on the device.
-            self._count_natural_finishes(self._slot_ids[slot : slot + 1])
-            core.remove(slot, SlotOutcome.UNKNOWN)
-            self._members_changed = True
-        self._host_race[slot] = 0
-        self._host_marked[slot] = False
-        self._dirty.append(slot)
-        extra_args = params.extra_args
-        if not extra_args or (FIRST_FINISH_KEY not in extra_args and GROUP_KEY not in extra_args):
-            return False
-        spec = parse_first_finish_args(extra_args)
-        marker = _stamped_marker(params, self.req_states.vocab_size)
-        if self.marker_token is None:
-            self.marker_token = marker
-        marked = marker is not None and marker == self.marker_token
-        stop_ids = _natural_stop_ids(params, marker)
-        if spec is None or (not stop_ids and not marked):
-            return False
-        core.add(slot, _race_key(extra_args, spec, None), spec.k, _race_size(extra_args, spec))
-        self._members_changed = True
-        if len(stop_ids) > self._num_stop_ids:
-            self._grow_stop_ids(len(stop_ids))
-        self._host_race[slot] = core.race_index[slot]
-        self._host_k[slot] = spec.k
-        self._host_stop_token[slot] = stop_ids[0] if stop_ids else 0
-        self._host_marked[slot] = marked
-        self._host_stop_ids[slot] = -1
-        self._host_stop_ids[slot, : len(stop_ids)] = stop_ids
-        return True
-
-    def apply_staged_writes(self) -> None:
-        if self.core.recycled:
-            self.finished[self._index(self.core.recycled)] = 0
-            self.core.recycled.clear()
-        if self._dirty:
-            slots = sorted(set(self._dirty))
-            self._dirty.clear()
-            idx = self._index(slots)
-            self.race[idx] = self._index(self._host_race[slots])
-            self.k[idx] = self._index(self._host_k[slots])
-            self.stop_token[idx] = self._index(self._host_stop_token[slots])
-            self.marked[idx] = self._index(self._host_marked[slots]).bool()
-            self.stop_ids[idx] = self._index(self._host_stop_ids[slots])
-            self.member[idx] = self._index(self.core.race_index[slots] >= 0).bool()
-            self.counted[idx] = False
-            self.forced[idx] = False
-        if self._members_changed:
-            self._members_changed = False
-            self._member_slots = self._index(self.core.member_slots())
-
-    def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
-        if not self.core.num_members or not (self.core.race_index[ctx.idx_mapping_np] >= 0).any():
-            return logits
-        self._count_natural_finishes(self._member_slots)
-        slots = ctx.expanded_idx_mapping.long()
-        valid = slots >= 0
-        slots = slots.clamp(min=0)
-        member = self.member[slots] & valid
-        stop = member & (self.finished[self.race[slots]] >= self.k[slots]) & ~self.counted[slots]
-        if self.marker_token is not None:
-            # Marker first; EOS once the marker is the last committed *output* token (the prompt may end with it).
-            has_output = self.req_states.total_len.gpu[slots] > self.req_states.prompt_len.gpu[slots]
-            use_marker = self.marked[slots] & ~(has_output & (self._last_tokens(slots) == self.marker_token))
-            tokens = torch.where(use_marker, self.marker_token, self.stop_token[slots])
-            column = logits[:, self.marker_token]
-            logits[:, self.marker_token] = torch.where(member, torch.full_like(column, float("-inf")), column)
-        else:
-            tokens = self.stop_token[slots]
-        self.forced[slots] = self.forced[slots] | stop
-        return force_tokens_where_(logits, stop, tokens)
-
-    # -- internals -----------------------------------------------------------------------------------------------
-    def _last_tokens(self, slots: torch.Tensor) -> torch.Tensor:
-        total = self.req_states.total_len.gpu[slots].long()
-        return self.req_states.all_token_ids.gpu[slots, (total - 1).clamp(min=0)].long()
-
-    def _count_natural_finishes(self, slots: torch.Tensor) -> None:
-        """Count, on the device, the members in `slots` whose last committed token is one of their stop tokens."""
-        if slots.numel() == 0:
-            return
-        total = self.req_states.total_len.gpu[slots].long()
-        prompt = self.req_states.prompt_len.gpu[slots].long()
-        last = self._last_tokens(slots)
-        is_stop = (self.stop_ids[slots] == last.unsqueeze(1)).any(dim=1)
-        new = self.member[slots] & is_stop & (total > prompt) & ~self.counted[slots] & ~self.forced[slots]
-        self.counted[slots] = self.counted[slots] | new
-        self.finished.index_add_(0, self.race[slots], new.long())
-
-    def _grow_stop_ids(self, width: int) -> None:
-        host = np.full((self.core.max_slots, width), -1, dtype=np.int64)
-        host[:, : self._num_stop_ids] = self._host_stop_ids
-        self._host_stop_ids = host
-        dev = torch.full((self.core.max_slots, width), -1, dtype=torch.long, device=self.device)
-        dev[:, : self._num_stop_ids] = self.stop_ids
-        self.stop_ids = dev
-        self._num_stop_ids = width
-
-    def _index(self, values) -> torch.Tensor:
-        host = torch.as_tensor(np.asarray(values, dtype=np.int64))
-        return host if self.device.type == "cpu" else host.to(self.device, non_blocking=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

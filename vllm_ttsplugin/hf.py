@@ -25,8 +25,12 @@ import torch
 from transformers import LogitsProcessor, StoppingCriteria
 
 from vllm_ttsplugin.config import ThinkingConfig
-from vllm_ttsplugin.thinking import D_PHASE, D_SEQ, PHASE_ANSWER, SEQ_NONE, ThinkingControl, scan_prompt
+from vllm_ttsplugin.prompts import scan_prompt
+from vllm_ttsplugin.sampling import int64_seed
+from vllm_ttsplugin.thinking import ThinkingControl
 from vllm_ttsplugin.vocab import SamplingView, ThinkingSpec, resolve_thinking, vocab_for
+
+_TOKENIZER_EOS = object()
 
 
 class ThinkingLogitsProcessor(LogitsProcessor):
@@ -38,8 +42,17 @@ class ThinkingLogitsProcessor(LogitsProcessor):
         do_sample (`bool`, defaults to `False`): Same as `generate(do_sample=...)`.
         temperature, top_k, top_p, min_p: Same as `generate(...)` (only read when `do_sample`).
         seed (`int`, *optional*): Seeds the min-budget decisions of sampled rows (row i uses `seed + i`). By
-            default one is drawn from torch's global generator at the first step.
+            default each `generate()` call derives one from `torch.initial_seed()` (so `torch.manual_seed(s)`
+            makes runs reproducible) and a per-processor call counter; torch's random state is never consumed,
+            so the sampled tokens of rows the processor does not control are the same as without it.
         vocab_size (`int`, *optional*): Number of logits the model produces (defaults to `len(tokenizer)`).
+        eos_token_id (`int` or list of `int`, *optional*): The tokens that end generation, as passed to
+            `generate()`; inside thinking they are end attempts (`tts_eos_in_thinking`). Defaults to the
+            tokenizer's EOS; pass `None` when `generate()` runs without one.
+
+    One processor follows one `generate()` call at a time: a call whose input is not the sequence it has been
+    following (prompt + the tokens it observed, plus one) starts afresh. Reusing it for a new call whose prompt is
+    exactly the previous output plus one token is indistinguishable from continuing; call `reset()` first.
     """
 
     def __init__(
@@ -54,6 +67,7 @@ class ThinkingLogitsProcessor(LogitsProcessor):
         min_p: float | None = None,
         seed: int | None = None,
         vocab_size: int | None = None,
+        eos_token_id: Any = _TOKENIZER_EOS,
     ) -> None:
         self.vocab = vocab_for(tokenizer, vocab_size)
         sampling = SamplingView(
@@ -63,8 +77,15 @@ class ThinkingLogitsProcessor(LogitsProcessor):
             min_p=float(min_p or 0.0) if do_sample else 0.0,
             seed=None,
         )
+        if eos_token_id is _TOKENIZER_EOS:
+            stops = tuple(sorted(self.vocab.eos_ids))
+        elif eos_token_id is None:
+            stops = ()
+        else:
+            stops = (
+                (int(eos_token_id),) if isinstance(eos_token_id, int) else tuple(int(t) for t in eos_token_id)
+            )
         configs = [config] if isinstance(config, ThinkingConfig) else list(config)
-        stops = set(self.vocab.eos_ids)
         self.specs: list[ThinkingSpec | None] = [
             resolve_thinking(c.validate(), self.vocab, sampling, stops) if c.is_active else None
             for c in configs
@@ -72,11 +93,17 @@ class ThinkingLogitsProcessor(LogitsProcessor):
         self.seed = seed
         self.control: ThinkingControl | None = None
         self.prompt_len = 0
-        self.seen_len = 0
+        self._calls = 0
+        self._last: torch.Tensor | None = None  # the input_ids of the last step seen
+
+    @property
+    def seen_len(self) -> int:
+        return 0 if self._last is None else self._last.shape[1]
 
     def reset(self) -> None:
         """Forget the current generation (a new `generate()` call is also detected automatically)."""
         self.control = None
+        self._last = None
 
     def _start(self, input_ids: torch.Tensor) -> None:
         batch, length = input_ids.shape
@@ -86,10 +113,11 @@ class ThinkingLogitsProcessor(LogitsProcessor):
         self.control = ThinkingControl(batch, input_ids.device)
         seed = self.seed
         if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
+            seed = int64_seed(torch.initial_seed() * 0x9E3779B97F4A7C15 + self._calls)
+        self._calls += 1
         chosen = [i for i, s in enumerate(specs) if s is not None]
         if chosen:
-            width = self.control.required_start_width([specs[i] for i in chosen])
+            width = self.control.required_window_width([specs[i] for i in chosen])
             scans = [scan_prompt(input_ids[i], specs[i].start_ids, specs[i].end_ids, width) for i in chosen]
             self.control.admit(
                 chosen,
@@ -98,25 +126,32 @@ class ThinkingLogitsProcessor(LogitsProcessor):
                 torch.stack([s[0] for s in scans]),
                 torch.stack([s[1] for s in scans]),
             )
-        self.prompt_len = self.seen_len = length
+        self.prompt_len = length
         self._slots = torch.arange(batch, device=input_ids.device)
         self._slots_np = np.arange(batch)
 
+    def _continues(self, input_ids: torch.Tensor) -> bool:
+        """Whether `input_ids` is the sequence being followed, or it plus one token (one sync, like the stopping
+        checks `generate()` does every step)."""
+        last = self._last
+        if self.control is None or last is None or input_ids.shape[0] != last.shape[0]:
+            return False
+        if input_ids.shape[1] == last.shape[1]:
+            return torch.equal(input_ids, last)
+        return input_ids.shape[1] == last.shape[1] + 1 and torch.equal(input_ids[:, :-1], last)
+
     def sync(self, input_ids: torch.Tensor) -> None:
         """Observe the newest token of every row (idempotent within a step)."""
-        batch, length = input_ids.shape
-        fresh = (
-            self.control is None
-            or batch != self.control.num_slots
-            or length < self.seen_len
-            or length > self.seen_len + 1
-        )
-        if fresh:
+        if input_ids is self._last:
+            return
+        if not self._continues(input_ids):
             self._start(input_ids)
-        elif length == self.seen_len + 1:
-            positions = torch.full((batch,), length - 1 - self.prompt_len, device=input_ids.device)
+        elif input_ids.shape[1] == self.seen_len + 1:
+            positions = torch.full(
+                (input_ids.shape[0],), self.seen_len - self.prompt_len, device=input_ids.device
+            )
             self.control.observe(self._slots, input_ids[:, -1].long(), positions)
-            self.seen_len = length
+        self._last = input_ids
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self.sync(input_ids)
@@ -125,8 +160,7 @@ class ThinkingLogitsProcessor(LogitsProcessor):
 
     def is_thinking_done(self) -> torch.Tensor:
         """[batch] bool: the think block is closed and its forced tail (delimiter, answer prefix) is written."""
-        d = self.control.dyn
-        return (d[:, D_PHASE] == PHASE_ANSWER) & (d[:, D_SEQ] == SEQ_NONE)
+        return self.control.thinking_done()
 
 
 class ThinkingStoppingCriteria(StoppingCriteria):

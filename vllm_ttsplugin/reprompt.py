@@ -6,10 +6,15 @@ prefix; prefix caching makes that cheaper, not free), and finally generate the a
 loop in two forms, for the tests and `benchmarks/thinking_vs_reprompt.py`:
 
 - `mode="tokens"`: the loop on token ids with exactly our semantics (`tts_min_think`, `tts_max_think`,
-  `tts_max_waits`, wait text, answer prefix, waits counted as thinking tokens). Greedy outputs must equal the
-  in-engine processor's token for token, and sampled outputs must have the same distribution.
+  `tts_max_waits`, wait text, answer prefix): a round stops at the end delimiter's first token or at EOS (a stop
+  token of the request); below the minimum the stop token is dropped and the wait text appended, and the next
+  round runs with `min_tokens=1`; thinking tokens are the model's own (wait tokens do not count). Greedy outputs
+  must equal the in-engine processor's token for token, and sampled outputs must have the same distribution.
 - `mode="text"`: the loop as s1's README ships it: the prompt is a string, each round appends the generated text
   and the wait text and re-tokenises, continuation rounds use `min_tokens=1`.
+
+s1's README loop also subtracts each round's discarded stop token from the remaining budget (it counts
+`len(token_ids)`, stop token included); here, as in the processor, only tokens that stay in the output count.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ def _round_params(base: Any, round_index: int, **overrides: Any):
         seed=None if base.seed is None else base.seed * 1_000_003 + round_index,
         logit_bias=dict(base.logit_bias) if base.logit_bias else None,
         skip_special_tokens=base.skip_special_tokens,
+        ignore_eos=base.ignore_eos,
+        stop_token_ids=list(base.stop_token_ids or ()),
     )
     kwargs.update(overrides)
     return SamplingParams(**kwargs)
@@ -80,21 +87,25 @@ def reprompt_budget_forcing(
     tokenizer = llm.get_tokenizer()
     per_prompt = list(params) if isinstance(params, list | tuple) else [params] * len(prompts)
     spec = resolve_thinking(config, vocab_for(tokenizer), SamplingView.from_params(per_prompt[0]))
+    if not spec.end_is_attempt:
+        raise ValueError(
+            "the re-prompt loop stops rounds at the end delimiter's first token, which must be one"
+        )
     end0 = spec.end_ids[0]
     max_think = spec.max_think if spec.max_think is not None else NO_LIMIT
     max_waits = spec.max_waits if spec.max_waits is not None else NO_LIMIT
     results = [RepromptResult() for _ in prompts]
     texts = [str(p) for p in prompts] if mode == "text" else None
     thinking = list(range(len(prompts)))
-    exclude_end: set[int] = set()
+    after_wait: set[int] = set()  # continue with min_tokens=1
     answer: list[int] = []
     round_index = 0
 
-    def _append(i: int, tail: list[int]) -> None:
+    def _append(i: int, tail: list[int], text: str | None = None) -> None:
         if mode == "tokens":
             results[i].token_ids += tail
         else:
-            suffix = tokenizer.decode(tail, skip_special_tokens=False)
+            suffix = text if text is not None else tokenizer.decode(tail, skip_special_tokens=False)
             texts[i] += suffix
             results[i].text += suffix
 
@@ -102,35 +113,23 @@ def reprompt_budget_forcing(
         return len(results[i].token_ids) if mode == "tokens" else results[i].thinking_tokens
 
     while thinking:
-        requests, rparams = [], []
-        active = []
+        requests, rparams, active = [], [], []
         for i in thinking:
             r = results[i]
-            if r.thinking_tokens >= max_think:  # the budget ran out exactly at a round boundary
-                r.budget_stop = True
-                _append(i, list(spec.end_ids) + list(spec.answer_prefix_ids))
-                answer.append(i)
-                continue
             budget = min(max_think - r.thinking_tokens, per_prompt[i].max_tokens - used(i))
             if budget <= 0:
                 continue  # max_tokens ran out while thinking
-            bias = dict(per_prompt[i].logit_bias or {})
-            if i in exclude_end:
-                bias[end0] = -100.0  # vLLM clamps logit_bias to [-100, 100]: the end token is never sampled
-                budget = min(budget, spec.min_think - r.thinking_tokens)
-            extra = {}
-            if mode == "text":
-                extra = {"min_tokens": 1 if round_index else 0, "skip_special_tokens": False}
-                requests.append(texts[i])
-            else:
-                requests.append(TokensPrompt(prompt_token_ids=list(prompts[i]) + r.token_ids))
+            extra = {"skip_special_tokens": False} if mode == "text" else {}
+            requests.append(
+                texts[i] if mode == "text" else TokensPrompt(prompt_token_ids=list(prompts[i]) + r.token_ids)
+            )
             rparams.append(
                 _round_params(
                     per_prompt[i],
                     round_index,
                     max_tokens=budget,
-                    stop_token_ids=[end0],
-                    logit_bias=bias or None,
+                    stop_token_ids=[end0, *(per_prompt[i].stop_token_ids or ())],
+                    min_tokens=1 if i in after_wait else 0,
                     **extra,
                 )
             )
@@ -139,15 +138,15 @@ def reprompt_budget_forcing(
             break
         outputs = llm.generate(requests, rparams, use_tqdm=False)
         round_index += 1
-        still = []
-        excluded, exclude_end = exclude_end, set()
+        still, after_wait = [], set()
         for i, out in zip(active, outputs, strict=True):
             r = results[i]
             r.rounds += 1
             completion = out.outputs[0]
             body = list(completion.token_ids)
-            ended = completion.finish_reason == "stop" and completion.stop_reason == end0
-            if ended and body and body[-1] == end0:
+            # A stop: the end token or EOS / a stop token of the request (vLLM keeps it in token_ids).
+            ended = completion.finish_reason == "stop"
+            if ended and body:
                 body = body[:-1]
             r.thinking_tokens += len(body)
             if mode == "tokens":
@@ -155,29 +154,17 @@ def reprompt_budget_forcing(
             else:
                 texts[i] += completion.text
                 r.text += completion.text
+            if ended and r.thinking_tokens < spec.min_think and r.waits < max_waits:
+                r.waits += 1
+                _append(i, list(spec.wait_ids), config.tts_wait)
+                after_wait.add(i)
+                still.append(i)
+                continue
             if ended:
-                below_min = r.thinking_tokens < spec.min_think and r.waits < max_waits
-                if below_min and r.thinking_tokens + len(spec.wait_ids) <= max_think:
-                    r.waits += 1
-                    r.thinking_tokens += len(spec.wait_ids)
-                    if mode == "tokens":
-                        r.token_ids += list(spec.wait_ids)
-                    else:
-                        texts[i] += config.tts_wait
-                        r.text += config.tts_wait
-                    still.append(i)
-                    continue
-                if below_min:  # the wait text would overflow the max: think on without the end token
-                    exclude_end.add(i)
-                    still.append(i)
-                    continue
                 tail = list(spec.end_ids)
             elif r.thinking_tokens >= max_think:
                 r.budget_stop = True
                 tail = list(spec.end_ids) + list(spec.answer_prefix_ids)
-            elif i in excluded and r.thinking_tokens < max_think:
-                still.append(i)  # reached the minimum with the end token excluded: think on normally
-                continue
             else:
                 continue  # max_tokens ran out while thinking
             _append(i, tail)
