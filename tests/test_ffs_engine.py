@@ -370,6 +370,8 @@ def test_a_group_name_ties_requests_of_one_admission_scope_only(ffs_llm, referen
     with first_finish_scope():
         later = ffs_llm.generate(PROMPTS[2:], sampling(ffs_llm, extra_args=group), use_tqdm=False)[0]
     assert_first_finish(later, reference[2], 1, marker)
-    with pytest.raises(FirstFinishParamsError, match="admission scope") as error:
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match="admission scope") as error:
         ffs_llm.generate(PROMPTS[2:], sampling(ffs_llm, extra_args=group), use_tqdm=False)
     assert error.value.parameter == "tts_group" and not engine.has_unfinished_requests()

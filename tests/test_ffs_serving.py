@@ -160,14 +160,22 @@ def test_two_clients_using_one_group_name_never_share_a_race(tts_server, tiny_mo
         n=4,
         max_tokens=64,
         temperature=1.0,
+        seed=0,
         logit_bias={str(tokenizer.eos_token_id): 4.0},
         vllm_xargs={"tts_first_finish": 1, "tts_group": "team"},
     )
 
-    def complete(prompt):
-        r = requests.post(f"{tts_server}/v1/completions", json={**body, "prompt": prompt}, timeout=120)
+    def complete(prompt, **extra):
+        r = requests.post(
+            f"{tts_server}/v1/completions", json={**body, "prompt": prompt, **extra}, timeout=120
+        )
         assert r.status_code == 200, r.text
         return r.json()["choices"]
+
+    # Seeded: without FFS, every request below has natural finishers (so each race has a first finisher).
+    for prompt, n in ((PROMPTS[0], 4), (PROMPTS[1], 4), (PROMPTS[2], 4), (PROMPTS[:2], 2)):
+        plain = complete(prompt, n=n, vllm_xargs={})
+        assert any(c["finish_reason"] == "stop" for c in plain)
 
     with ThreadPoolExecutor(2) as pool:
         both = list(pool.map(complete, PROMPTS[:2]))

@@ -34,6 +34,8 @@ QUESTIONS = [
     "How many sides does a triangle have?",
 ]
 PREFIX = "\nFinal Answer:"
+# How thinking tokens are counted (README, Semantics): injected wait tokens count as thinking tokens.
+WAITS_COUNT_AS_THINKING = True
 INVALID = [  # (vllm_xargs, extra body, the parameter the 400 must name)
     ({"tts_max_think": -3}, {}, "tts_max_think"),
     ({"tts_min_think": 9, "tts_max_think": 4}, {}, "tts_min_think"),
@@ -101,6 +103,7 @@ def workload(tiny_model_dir):
     return dict(
         info=info,
         prefix_ids=tokenizer.encode(PREFIX, add_special_tokens=False),
+        wait_ids=tokenizer.encode("Wait", add_special_tokens=False),
         greedy=greedy,
         ffs=ffs,
         cut=[dict(model=model, prompt=prompt(q), max_tokens=300, stream=True) for q in QUESTIONS],
@@ -139,16 +142,17 @@ def _check_budget(body: dict, choice: dict, w: dict) -> None:
         assert "tts" not in choice  # untouched by the middleware
         return
     report = choice["tts"]["thinking"]
-    tokens, end_id = choice["token_ids"], w["info"].think_end_ids[0]
+    tokens, end_id, think_end = choice["token_ids"], w["info"].think_end_ids[0], report["think_end"]
     high, low = xargs.get("tts_max_think"), xargs.get("tts_min_think", 0)
+    injected = 0 if WAITS_COUNT_AS_THINKING else report["waits"] * len(w["wait_ids"])
+    if report["end"] in ("budget", "natural"):
+        assert tokens[think_end] == end_id and think_end == report["thinking_tokens"] + injected
     if report["end"] == "budget":
-        assert report["thinking_tokens"] == high and tokens[high] == end_id
+        assert report["thinking_tokens"] == high
         prefix = w["prefix_ids"] if xargs.get("tts_answer_prefix") else []
-        assert tokens[high + 1 : high + 1 + len(prefix)] == prefix[: len(tokens) - high - 1]
-    elif report["end"] == "natural":
-        assert tokens[report["think_end"]] == end_id and report["think_end"] == report["thinking_tokens"]
-        if report["waits"] < xargs.get("tts_max_waits", 10**9):
-            assert report["thinking_tokens"] >= low
+        assert tokens[think_end + 1 : think_end + 1 + len(prefix)] == prefix[: len(tokens) - think_end - 1]
+    elif report["end"] == "natural" and report["waits"] < xargs.get("tts_max_waits", 10**9):
+        assert report["thinking_tokens"] >= low
     if low:
         assert report["waits"] >= 1  # the end token is biased: the minimum was enforced by waits
 
