@@ -594,7 +594,7 @@ class FirstFinishMember:
             stop_token=stop_ids[0] if stop_ids else -1,
             marker=marker,
             max_tokens=params.max_tokens,
-            min_tokens=int(params.min_tokens or 0),
+            min_tokens=int(getattr(params, "min_tokens", 0) or 0),
             stop_strings=_user_stop_strings(params),
             skip_special_tokens=params.skip_special_tokens,
         )
