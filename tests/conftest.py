@@ -59,6 +59,19 @@ def tiny_llm(tiny_model_dir):
     gc.collect()
 
 
+class ServerURL(str):
+    """The server's base URL (a `str`), with the path of its log file as `.log`."""
+
+    log: Path
+
+
+# The shared server's KV cache: 40 blocks of 32 tokens, room for ~15 sequences of this suite's length, so the load
+# test (tests/test_server_load.py, 32 requests at a time) oversubscribes it and vLLM preempts; a single request of
+# up to --max-model-len tokens still fits.
+SERVER_BLOCK_SIZE = 32
+SERVER_KV_CACHE_BYTES = 40 * SERVER_BLOCK_SIZE * 1024  # the tiny model in float32 keeps 1 KiB per token
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,7 +81,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def tts_server(tiny_model_dir, tmp_path_factory):
     """Base URL of one OpenAI-compatible server on loopback over the tiny model, with a multiprocess engine core
-    (as deployed) and no `--logits-processors` flag: `TTSLogitsProcessor` is loaded from its entry point.
+    (as deployed), no `--logits-processors` flag (`TTSLogitsProcessor` is loaded from its entry point),
+    `--middleware vllm_ttsplugin.serving.TTSMiddleware` and a small KV cache. `.log` is its log file.
 
     Session-scoped: one start (~30 s) serves every `server`-marked module; those tests run last and together
     (see `pytest_collection_modifyitems`), so the idle server does not outlive its users by more than teardown."""
@@ -81,15 +95,18 @@ def tts_server(tiny_model_dir, tmp_path_factory):
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(tiny_model_dir),
         "--host", "127.0.0.1", "--port", str(port),
+        "--middleware", "vllm_ttsplugin.serving.TTSMiddleware",
         "--dtype", "float32",
         "--max-model-len", "1024",
         "--enforce-eager",
-        "--kv-cache-memory-bytes", str(256 * 2**20),
+        "--block-size", str(SERVER_BLOCK_SIZE),
+        "--kv-cache-memory-bytes", str(SERVER_KV_CACHE_BYTES),
         "--seed", "0",
     ]  # fmt: skip
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    base = ServerURL(f"http://127.0.0.1:{port}")
+    base.log = log
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

@@ -6,11 +6,11 @@ import copy
 import random
 from dataclasses import dataclass, field
 
-from vllm_ttsplugin.ffs import FFS_STOP_REASON
+from vllm_ttsplugin.ffs import FFS_MARKER_TEXT
 
 VOCAB = 40
 EOS = 1
-MARKER = 2  # the stub tokenizer's single token for FFS_STOP_REASON
+MARKER = 2  # the stub tokenizer's single token for FFS_MARKER_TEXT
 FILLER = list(range(5, VOCAB))
 
 
@@ -18,10 +18,10 @@ class StubTokenizer:
     """Decodes token t to "t{t} ", EOS to "</s>" and MARKER to the FFS stop marker."""
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [MARKER] if text == FFS_STOP_REASON else [7, 7]
+        return [MARKER] if text == FFS_MARKER_TEXT else [7, 7]
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        return "".join(FFS_STOP_REASON if t == MARKER else "</s>" if t == EOS else f"t{t} " for t in ids)
+        return "".join(FFS_MARKER_TEXT if t == MARKER else "</s>" if t == EOS else f"t{t} " for t in ids)
 
 
 @dataclass(eq=False)
@@ -39,44 +39,62 @@ class ScriptedRequest:
     forced_once: bool = False
 
 
-def make_requests(rng: random.Random, num_parents: int, max_tokens: int = 12) -> list[ScriptedRequest]:
-    """Parents with n samples each (FFS with random k, plain, or two parents tied by a tts_group)."""
+def make_requests(
+    rng: random.Random, num_parents: int, max_tokens: int = 12, marker_known: bool = True
+) -> list[ScriptedRequest]:
+    """Parents with n samples each (FFS with random k, plain, or two parents tied by a tts_group), admitted in
+    one scope, against the stub tokenizer (which has a marker token) or against none (losers unmarked)."""
+    import contextlib
+
+    from vllm_ttsplugin.ffs import first_finish_scope
+    from vllm_ttsplugin.processor import admission_tokenizer
+
+    requests: list[ScriptedRequest] = []
+    group_name = f"g{rng.randrange(10**6)}"
+    with contextlib.ExitStack() as admission:
+        admission.enter_context(first_finish_scope())
+        if marker_known:
+            admission.enter_context(admission_tokenizer(StubTokenizer(), VOCAB))
+        for p in range(num_parents):
+            requests += _make_parent(rng, p, group_name, max_tokens)
+    rng.shuffle(requests)
+    return requests
+
+
+def _make_parent(rng: random.Random, p: int, group_name: str, max_tokens: int) -> list[ScriptedRequest]:
     from vllm import SamplingParams
 
     from vllm_ttsplugin.ffs import validate_first_finish_params
 
-    requests: list[ScriptedRequest] = []
-    group_name = f"g{rng.randrange(10**6)}"
-    for p in range(num_parents):
-        kind = rng.choice(["ffs", "ffs", "ffs", "plain", "group"])
-        n = rng.randint(2, 5)
-        extra: dict | None = None
-        k = 0
-        race = None
-        if kind == "ffs":
-            k = rng.randint(1, n)
-            extra = {"tts_first_finish": k}
-            race = f"race{p}"
-        elif kind == "group":
-            k = rng.randint(1, 3)
-            extra = {"tts_first_finish": k, "tts_group": group_name}
-            race = group_name
-        stop = ["t9 "] if rng.random() < 0.3 else None
-        parent = SamplingParams(n=n, max_tokens=max_tokens, temperature=1.0, extra_args=extra, stop=stop)
-        validate_first_finish_params(parent)
-        parent.update_from_generation_config({}, EOS)
-        prompt = [rng.randrange(5, VOCAB) for _ in range(rng.randint(1, 6))] + [p]
-        for i in range(n):
-            child = copy.copy(parent)  # what vLLM's ParentRequest does
-            child.n = 1
-            length = rng.randint(1, max_tokens)
-            natural = rng.random() < 0.8  # else it runs into max_tokens
-            words = [t for t in FILLER if t != 9] + ([9] if stop else [])
-            script = [rng.choice(words) for _ in range(length if natural else max_tokens)]
-            if natural:
-                script[-1] = EOS
-            requests.append(ScriptedRequest(f"{p}-{i}", child, prompt, script, race, k))
-    rng.shuffle(requests)
+    requests = []
+    kind = rng.choice(["ffs", "ffs", "ffs", "plain", "group"])
+    n = rng.randint(2, 5)
+    extra: dict | None = None
+    k = 0
+    race = None
+    if kind == "ffs":
+        k = rng.randint(1, n)
+        extra = {"tts_first_finish": k}
+        race = f"race{p}"
+    elif kind == "group":
+        k = rng.randint(1, 3)
+        extra = {"tts_first_finish": k, "tts_group": group_name}
+        race = group_name
+    stop = ["t9 "] if rng.random() < 0.3 else None
+    parent = SamplingParams(n=n, max_tokens=max_tokens, temperature=1.0, extra_args=extra, stop=stop)
+    validate_first_finish_params(parent)
+    parent.update_from_generation_config({}, EOS)
+    prompt = [rng.randrange(5, VOCAB) for _ in range(rng.randint(1, 6))] + [p]
+    for i in range(n):
+        child = copy.copy(parent)  # what vLLM's ParentRequest does
+        child.n = 1
+        length = rng.randint(1, max_tokens)
+        natural = rng.random() < 0.8  # else it runs into max_tokens
+        words = [t for t in FILLER if t != 9] + ([9] if stop else [])
+        script = [rng.choice(words) for _ in range(length if natural else max_tokens)]
+        if natural:
+            script[-1] = EOS
+        requests.append(ScriptedRequest(f"{p}-{i}", child, prompt, script, race, k))
     return requests
 
 

@@ -14,9 +14,10 @@ from ffs_helpers import expected_first_finish
 
 from vllm_ttsplugin import TTSLogitsProcessor
 from vllm_ttsplugin.ffs import (
-    FFS_STOP_REASON,
+    FFS_MARKER_TEXT,
     FirstFinishParamsError,
     find_marker_token,
+    first_finish_scope,
     first_finish_winners,
 )
 
@@ -70,10 +71,10 @@ def reference(ffs_llm):
 def assert_first_finish(output, ref, k: int, marker: int) -> None:
     expected, stopped = expected_first_finish(ref, k, marker)
     assert {c.index: list(c.token_ids) for c in output.outputs} == expected
-    assert {c.index for c in output.outputs if c.stop_reason == FFS_STOP_REASON} == stopped
+    assert {c.index for c in output.outputs if c.stop_reason == marker} == stopped
     for c in output.outputs:
         assert c.finish_reason == ("stop" if c.index in stopped else ref.outputs[c.index].finish_reason)
-        assert FFS_STOP_REASON not in c.text
+        assert FFS_MARKER_TEXT not in c.text
 
 
 def test_without_ffs_lengths_vary(reference):
@@ -89,16 +90,16 @@ def test_first_finish_stops_the_siblings_one_step_after_the_first_finisher(ffs_l
         assert_first_finish(output, ref, 1, marker)
         shortest = min(len(c.token_ids) for c in ref.outputs if c.finish_reason == "stop")
         assert all(len(c.token_ids) <= shortest + 1 for c in output.outputs)
-        winners = first_finish_winners(output)
+        winners = first_finish_winners(output, marker=ffs_llm)
         assert len(winners) == 1 and len(winners[0].token_ids) == shortest
-        assert sum(c.stop_reason != FFS_STOP_REASON for c in output.outputs) == 1  # exactly one unmarked
+        assert sum(c.stop_reason != marker for c in output.outputs) == 1  # exactly one unmarked
 
 
 def test_first_finish_k3_yields_three_natural_finishers(ffs_llm, reference, marker):
     outputs = ffs_llm.generate(PROMPTS, sampling(ffs_llm, extra_args={"tts_first_finish": 3}), use_tqdm=False)
     for output, ref in zip(outputs, reference, strict=True):
         assert_first_finish(output, ref, 3, marker)
-        natural = first_finish_winners(output)
+        natural = first_finish_winners(output, marker=marker)
         assert len(natural) == 3
         assert [len(c.token_ids) for c in natural] == sorted(
             len(c.token_ids) for c in ref.outputs if c.finish_reason == "stop"
@@ -122,21 +123,26 @@ def test_length_cuts_do_not_count_and_groups_tie_separate_requests(ffs_llm, refe
     group = {"tts_first_finish": 1, "tts_group": "length-cut-race"}
     a = sampling(ffs_llm, n=2, max_tokens=4, extra_args=group)
     b = sampling(ffs_llm, extra_args=group)
-    out_a, out_b = ffs_llm.generate(PROMPTS[:2], [a, b], use_tqdm=False)
+    with first_finish_scope():
+        out_a, out_b = ffs_llm.generate(PROMPTS[:2], [a, b], use_tqdm=False)
     assert [c.finish_reason for c in out_a.outputs] == ["length", "length"]
     assert_first_finish(out_b, reference[1], 1, marker)
 
     # Two requests of 4 samples (seeds 0 and 4) tied by a group race exactly like one request of 8 (seeds 0..7).
     tied = {"tts_first_finish": 1, "tts_group": "split-request"}
-    halves = ffs_llm.generate(
-        [PROMPTS[2], PROMPTS[2]],
-        [sampling(ffs_llm, n=4, seed=0, extra_args=tied), sampling(ffs_llm, n=4, seed=4, extra_args=tied)],
-        use_tqdm=False,
-    )
+    with first_finish_scope():
+        halves = ffs_llm.generate(
+            [PROMPTS[2], PROMPTS[2]],
+            [
+                sampling(ffs_llm, n=4, seed=0, extra_args=tied),
+                sampling(ffs_llm, n=4, seed=4, extra_args=tied),
+            ],
+            use_tqdm=False,
+        )
     expected, stopped = expected_first_finish(reference[2], 1, marker)
     got = [list(c.token_ids) for half in halves for c in half.outputs]
     assert got == [expected[i] for i in range(N)]
-    marked = [c.stop_reason == FFS_STOP_REASON for half in halves for c in half.outputs]
+    marked = [c.stop_reason == marker for half in halves for c in half.outputs]
     assert marked == [i in stopped for i in range(N)]
 
 
@@ -161,7 +167,7 @@ def test_engine_level_api_returns_the_in_engine_winners_and_accounts_tokens(ffs_
         PROMPTS, sampling(ffs_llm, extra_args={"tts_first_finish": k}), use_tqdm=False
     )
     for result, output, ref in zip(results, in_engine, reference, strict=True):
-        winners = first_finish_winners(output, k)
+        winners = first_finish_winners(output, k, marker=ffs_llm)
         assert [c.index for c in result.winners] == [c.index for c in winners]
         assert [list(c.token_ids) for c in result.winners] == [list(c.token_ids) for c in winners]
         t = sorted(len(c.token_ids) for c in ref.outputs if c.finish_reason == "stop")[k - 1]
@@ -281,3 +287,97 @@ def test_first_finish_composes_with_budget_forcing_and_wins_over_forced_text(ffs
     # Seeds fixed: in the second prompt a sample ends (EOS) after 2 tokens, so the other 7 are stopped exactly
     # where their end delimiter was due.
     assert stopped_instead_of_forced_text == 7
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# min_tokens, length cuts and stop strings, isolation of races
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("min_tokens", [0, 4, 30])
+def test_min_tokens_keeps_winners_exact_and_marks_samples_stopped_at_their_first_token(
+    ffs_llm, marker, min_tokens
+):
+    """Samples that join a race already decided (admitted late: KV pressure, max_num_seqs, a group member sent
+    later) are stopped at their first token, where vLLM does not look for stop strings yet (it looks only after
+    min_tokens tokens): the marker is a stop token, so the engine ends them on it at any min_tokens."""
+    params = dict(min_tokens=min_tokens, max_tokens=48)
+    ref = ffs_llm.generate(PROMPTS[:1], sampling(ffs_llm, **params), use_tqdm=False)[0]
+    group = {"tts_first_finish": 1, "tts_group": "decided-early"}
+    with first_finish_scope():
+        first = ffs_llm.generate(PROMPTS[:1], sampling(ffs_llm, **params, extra_args=group), use_tqdm=False)[
+            0
+        ]
+        late = ffs_llm.generate(PROMPTS[1:2], sampling(ffs_llm, **params, extra_args=group), use_tqdm=False)[
+            0
+        ]
+    assert_first_finish(first, ref, 1, marker)  # in lockstep: exactly the reference up to the decision
+    (winner,) = first_finish_winners(first, marker=ffs_llm)
+    assert (
+        len(winner.token_ids) > min_tokens and winner.finish_reason == "stop" and winner.stop_reason is None
+    )
+    for c in late.outputs:
+        assert list(c.token_ids) == [marker] and c.text == ""
+        assert c.finish_reason == "stop" and c.stop_reason == marker
+    assert first_finish_winners(late, marker=ffs_llm) == []
+
+
+def test_a_length_cut_never_wins_even_when_its_text_holds_a_stop_string(ffs_llm):
+    """The issue's case: min_tokens = max_tokens = 20 and stop=["e"]. vLLM checks stop strings only in the text
+    after the first min_tokens tokens, so A's samples end by length although their text contains "e"; they must
+    not stop B (whose samples, without the EOS bias, run to their own length cut)."""
+    group = {"tts_first_finish": 1, "tts_group": "length-cut"}
+    a = sampling(ffs_llm, n=2, min_tokens=20, max_tokens=20, stop=["e"], extra_args=group)
+    b = dict(n=4, max_tokens=40, logit_bias=None)
+    ref_b = ffs_llm.generate(PROMPTS[1:2], sampling(ffs_llm, **b), use_tqdm=False)[0]
+    assert all(c.finish_reason == "length" for c in ref_b.outputs)
+    with first_finish_scope():
+        out_a, out_b = ffs_llm.generate(
+            PROMPTS[:2], [a, sampling(ffs_llm, **b, extra_args=group)], use_tqdm=False
+        )
+    assert [c.finish_reason for c in out_a.outputs] == ["length", "length"]
+    assert any("e" in c.text for c in out_a.outputs)
+    assert [list(c.token_ids) for c in out_b.outputs] == [list(c.token_ids) for c in ref_b.outputs]
+    assert first_finish_winners(out_a, marker=ffs_llm) == first_finish_winners(out_b, marker=ffs_llm) == []
+
+    # The same stop string after min_tokens is a natural finish: it decides the race.
+    a = sampling(ffs_llm, n=2, min_tokens=5, max_tokens=20, stop=["e"], extra_args=group)
+    with first_finish_scope():
+        out_a, out_b = ffs_llm.generate(
+            PROMPTS[:2], [a, sampling(ffs_llm, **b, extra_args=group)], use_tqdm=False
+        )
+    (first, *_) = first_finish_winners(out_a, marker=ffs_llm)
+    assert first.stop_reason == "e" and len(first.token_ids) > 5
+    t = len(first.token_ids)
+    for c in out_b.outputs:  # stopped one step after the decision
+        assert list(c.token_ids) == list(ref_b.outputs[c.index].token_ids[:t]) + [
+            find_marker_token(ffs_llm.get_tokenizer())
+        ]
+
+
+def test_a_group_name_ties_requests_of_one_admission_scope_only(ffs_llm, reference, marker):
+    """Two clients use the same `tts_group` name at the same time in one engine: two races, each exactly its own
+    reference; a request that reuses the name later races alone; a group outside any scope is refused."""
+    from vllm.sampling_params import RequestOutputKind
+
+    group = {"tts_first_finish": 1, "tts_group": "shared-name"}
+    engine = ffs_llm.llm_engine
+    for i in range(2):
+        with first_finish_scope():  # one client's admission
+            params = sampling(ffs_llm, extra_args=group, output_kind=RequestOutputKind.FINAL_ONLY)
+            engine.add_request(f"client-{i}", PROMPTS[i], params)
+    outputs = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                outputs[out.request_id] = out
+    for i in range(2):
+        assert_first_finish(outputs[f"client-{i}"], reference[i], 1, marker)
+    with first_finish_scope():
+        later = ffs_llm.generate(PROMPTS[2:], sampling(ffs_llm, extra_args=group), use_tqdm=False)[0]
+    assert_first_finish(later, reference[2], 1, marker)
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError, match="admission scope") as error:
+        ffs_llm.generate(PROMPTS[2:], sampling(ffs_llm, extra_args=group), use_tqdm=False)
+    assert error.value.parameter == "tts_group" and not engine.has_unfinished_requests()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from ffs_helpers import MARKER, VOCAB, Reference, StubTokenizer, make_requests
+from ffs_helpers import EOS, MARKER, VOCAB, Reference, StubTokenizer, make_requests
 from thinking_helpers import fake_vllm_config, use_vocab
 
 from vllm_ttsplugin.answers import (
@@ -23,17 +23,22 @@ from vllm_ttsplugin.answers import (
     normalize_answer,
 )
 from vllm_ttsplugin.ffs import (
-    FFS_STOP_REASON,
+    MARKER_KEY,
     RACE_ID_KEY,
     RACE_SIZE_KEY,
     FirstFinishCore,
+    FirstFinishMember,
     FirstFinishParamsError,
     SlotOutcome,
+    first_finish_marker,
+    first_finish_scope,
     first_finish_winners,
     force_tokens_,
     is_first_finish_stopped,
+    member_outcome,
     validate_first_finish_params,
 )
+from vllm_ttsplugin.processor import admission_tokenizer
 
 # ----------------------------------------------------------------------------------------------------------------
 # Validation at admission
@@ -65,7 +70,7 @@ def test_bad_arguments_are_rejected_naming_the_parameter(extra_args, n, message)
     from vllm import SamplingParams
 
     params = SamplingParams(n=n, temperature=1.0, extra_args=dict(extra_args))
-    with pytest.raises(FirstFinishParamsError, match=message) as error:
+    with first_finish_scope(), pytest.raises(FirstFinishParamsError, match=message) as error:
         validate_first_finish_params(params)
     assert error.value.parameter in ("tts_first_finish", "tts_group") and error.value.parameter in str(
         error.value
@@ -87,27 +92,71 @@ def test_ignore_eos_without_stop_tokens_is_rejected():
 def test_admission_stamps_a_fresh_race_per_call_and_leaves_other_requests_alone():
     from vllm import SamplingParams
 
-    user_args = {"tts_first_finish": 2, "other": [1, 2]}
-    params = SamplingParams(n=4, temperature=1.0, extra_args=user_args, stop=["END"])
-    validate_first_finish_params(params)
+    user_args = {"tts_first_finish": 2, "other": [1, 2], RACE_ID_KEY: "forged", MARKER_KEY: 7}
+    params = SamplingParams(n=4, temperature=1.0, extra_args=user_args, stop=["END"], stop_token_ids=[9])
+    with admission_tokenizer(StubTokenizer(), VOCAB):
+        validate_first_finish_params(params)
     first = params.extra_args
-    assert user_args == {"tts_first_finish": 2, "other": [1, 2]}  # the caller's dict is never modified
-    assert first is not user_args and first[RACE_SIZE_KEY] == 4 and len(first[RACE_ID_KEY]) == 32
-    assert params.stop == ["END", FFS_STOP_REASON]
-    validate_first_finish_params(params)  # the next prompt validated with the same object: a new race
-    assert params.extra_args[RACE_ID_KEY] != first[RACE_ID_KEY] and first[RACE_SIZE_KEY] == 4
-    assert params.stop == ["END", FFS_STOP_REASON]
+    assert user_args[RACE_ID_KEY] == "forged"  # the caller's dict is never modified ...
+    assert (
+        first is not user_args and first[RACE_SIZE_KEY] == 4 and len(first[RACE_ID_KEY]) == 32
+    )  # ... nor trusted
+    assert (
+        first[MARKER_KEY] == MARKER
+        and params.stop_token_ids == [9, MARKER]
+        and MARKER in params.all_stop_token_ids
+    )
+    assert params.stop == ["END"]
+    with admission_tokenizer(StubTokenizer(), VOCAB):
+        validate_first_finish_params(params)  # the next prompt validated with the same object: a new race
+    assert params.extra_args[RACE_ID_KEY] != first[RACE_ID_KEY] and params.stop_token_ids == [9, MARKER]
 
-    tied = SamplingParams(n=1, temperature=1.0, extra_args={"tts_first_finish": 3, "tts_group": "q1"})
-    validate_first_finish_params(tied)  # n == 1 and k > n are fine when a group ties requests together
-    silent = SamplingParams(n=4, temperature=1.0, detokenize=False, extra_args={"tts_first_finish": 1})
-    validate_first_finish_params(silent)
-    assert not silent.stop  # no stop strings without detokenization: losers end on EOS, unmarked
+    # Without a tokenizer at admission (an unknown frontend), no marker: losers are stopped with EOS, unmarked.
+    unmarked = SamplingParams(n=4, temperature=1.0, extra_args={"tts_first_finish": 1, MARKER_KEY: 7})
+    validate_first_finish_params(unmarked)
+    assert MARKER_KEY not in unmarked.extra_args and not unmarked.stop_token_ids
 
     plain_args = {"something": 1}
     plain = SamplingParams(n=4, temperature=1.0, extra_args=plain_args)
     validate_first_finish_params(plain)
-    assert plain.extra_args is plain_args and not plain.stop
+    assert plain.extra_args is plain_args and not plain.stop and not plain.stop_token_ids
+
+
+def test_groups_exist_only_inside_the_admission_scope_that_minted_them():
+    from vllm import SamplingParams
+
+    def admit(group: str, n: int = 1) -> str:
+        params = SamplingParams(n=n, temperature=1.0, extra_args={"tts_first_finish": 3, "tts_group": group})
+        validate_first_finish_params(params)  # n == 1 and k > n are fine when a group ties requests together
+        return params.extra_args[RACE_ID_KEY]
+
+    with pytest.raises(FirstFinishParamsError, match="admission scope") as error:
+        admit("q1")  # outside any scope: nothing could keep another client out of the race
+    assert error.value.parameter == "tts_group"
+    with first_finish_scope():
+        a, b, other = admit("q1"), admit("q1", n=4), admit("q2")
+        with first_finish_scope():  # a nested scope (another HTTP request): the same name is another race
+            nested = admit("q1")
+        assert admit("q1") == a
+    with first_finish_scope():  # a later scope reusing the name: a new race, the old one cannot be joined
+        later = admit("q1")
+    assert a == b and len({a, other, nested, later}) == 4
+
+
+@pytest.mark.parametrize("min_tokens", [0, 2, 3])
+def test_stop_strings_count_only_where_vllm_checks_them_after_min_tokens(min_tokens):
+    """A sample leaving with "t9 " in its text finished on that stop string only if the match ends after the text
+    of its first min_tokens tokens (vLLM's detokenizer looks nowhere else); otherwise it was cut by length."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(
+        n=2, max_tokens=3, min_tokens=min_tokens, stop=["t9 "], extra_args={"tts_first_finish": 1}
+    )
+    validate_first_finish_params(params)
+    params.update_from_generation_config({}, EOS)
+    member = FirstFinishMember.from_params(params, VOCAB)
+    outcome = member_outcome(member, [5, 5, 9], StubTokenizer())  # "t9 " is written by the third token
+    assert outcome == (SlotOutcome.NATURAL if min_tokens < 3 else SlotOutcome.LENGTH)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,13 +238,13 @@ def _sample(req, forced: int | None) -> int:
     return forced if forced is not None else req.script[len(req.out)]
 
 
-def _processor(monkeypatch, max_slots: int, marker_known: bool, req_states=None):
-    """`TTSLogitsProcessor` over a stub tokenizer whose single token MARKER decodes to the stop marker (or no
-    tokenizer at all: losers are then stopped with EOS, unmarked)."""
+def _processor(monkeypatch, max_slots: int, req_states=None):
+    """`TTSLogitsProcessor` over a stub tokenizer (it reads stop strings). Whether losers are marked is decided at
+    admission (`make_requests(..., marker_known)`): the marker token is stamped there."""
     from vllm_ttsplugin import TTSLogitsProcessor
     from vllm_ttsplugin.vocab import TokenizerVocab
 
-    use_vocab(monkeypatch, TokenizerVocab(StubTokenizer(), VOCAB) if marker_known else None)
+    use_vocab(monkeypatch, TokenizerVocab(StubTokenizer(), VOCAB))
     config = fake_vllm_config(max_slots, vocab_size=VOCAB)
     if req_states is not None:
         proc = TTSLogitsProcessor(config, req_states)
@@ -207,10 +256,10 @@ def _processor(monkeypatch, max_slots: int, marker_known: bool, req_states=None)
 @pytest.mark.parametrize("seed", range(12))
 def test_v1_adapter_matches_the_rule_through_adds_moves_swaps_and_preemption(seed, monkeypatch):
     rng = random.Random(seed)
-    requests = make_requests(rng, num_parents=rng.randint(2, 6))
     marker_known = seed % 3 != 0
+    requests = make_requests(rng, num_parents=rng.randint(2, 6), marker_known=marker_known)
     max_slots = 16
-    ffs, component = _processor(monkeypatch, max_slots, marker_known)
+    ffs, component = _processor(monkeypatch, max_slots)
     batch, ref = SimInputBatch(), Reference()
     waiting = deque(requests)
     capacity = rng.randint(3, max_slots)
@@ -249,7 +298,7 @@ def test_v1_adapter_untouched_without_ffs_requests(monkeypatch):
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    ffs, component = _processor(monkeypatch, 4, True)
+    ffs, component = _processor(monkeypatch, 4)
     params = SamplingParams(n=1, extra_args={"unrelated": 1})
     ffs.update_state(
         BatchUpdate(batch_size=2, removed=[], added=[(0, params, [1], []), (1, params, [2], [])], moved=[])
@@ -297,13 +346,13 @@ def test_v2_adapter_matches_the_rule_with_slot_reuse_preemption_and_async_lag(se
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
 
     rng = random.Random(100 + seed)
-    requests = make_requests(rng, num_parents=rng.randint(2, 6))
-    for req in requests:  # V2 counts EOS and stop tokens on the device; stop strings are a V1 extra
-        req.params.stop = [s for s in req.params.stop or () if s == FFS_STOP_REASON]
     marker_known = seed % 3 != 0
+    requests = make_requests(rng, num_parents=rng.randint(2, 6), marker_known=marker_known)
+    for req in requests:  # V2 counts EOS and stop tokens on the device; stop strings are a V1 extra
+        req.params.stop = None
     max_slots = 12
     states = SimRequestStates(max_slots)
-    ffs, _ = _processor(monkeypatch, max_slots, marker_known, req_states=states)
+    ffs, _ = _processor(monkeypatch, max_slots, req_states=states)
     async_lag = seed % 2 == 1  # a finished request stays scheduled one more step (async scheduling)
     ref = Reference()
     free = list(range(max_slots - 1, -1, -1))  # vLLM's free list: the last freed slot is reused first
@@ -362,7 +411,7 @@ def test_v2_apply_is_a_no_op_without_members_in_the_batch(monkeypatch):
     from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsContext
 
     states = SimRequestStates(4)
-    ffs, _ = _processor(monkeypatch, 4, True, req_states=states)
+    ffs, _ = _processor(monkeypatch, 4, req_states=states)
     assert ffs.add_request(0, SamplingParams(n=1)) is False
     ffs.apply_staged_writes()
     slots = np.array([0])
@@ -458,18 +507,31 @@ def _completion(index, tokens, finish, stop_reason=None):
 def test_winners_are_natural_finishers_in_finishing_order():
     output = SimpleNamespace(
         outputs=[
-            _completion(0, [5, 5, 5, 2], "stop", FFS_STOP_REASON),
+            _completion(0, [5, 5, 5, MARKER], "stop", MARKER),  # stopped by FFS: its stop token is the marker
             _completion(1, [5, 5, 1], "stop"),
-            _completion(2, [5, 5, 9], "stop", 9),  # a stop token is a natural finish
+            _completion(2, [5, 5, 9], "stop", 9),  # a stop token of the request is a natural finish
             _completion(3, [5, 5], "length"),
             _completion(4, [5, 1], "stop"),
             _completion(5, [5, 5, 7, 1], "stop", "t7"),  # a stop string too
         ]
     )
-    assert [c.index for c in first_finish_winners(output)] == [4, 1, 2, 5]
-    assert [c.index for c in first_finish_winners(output, k=2)] == [4, 1]
-    assert is_first_finish_stopped(output.outputs[0]) and not is_first_finish_stopped(output.outputs[1])
-    assert is_first_finish_stopped({"finish_reason": "stop", "stop_reason": "\u0018"})  # OpenAI choice (JSON)
+    for marker in (StubTokenizer(), MARKER):
+        assert first_finish_marker(marker) == MARKER
+        assert [c.index for c in first_finish_winners(output, marker=marker)] == [4, 1, 2, 5]
+        assert [c.index for c in first_finish_winners(output, k=2, marker=marker)] == [4, 1]
+        assert is_first_finish_stopped(output.outputs[0], marker) and not is_first_finish_stopped(
+            output.outputs[2], marker
+        )
+    with pytest.raises(ValueError, match="marker"):  # a stop token, and nothing tells which one is the marker
+        first_finish_winners(output)
+    assert not is_first_finish_stopped(output.outputs[1]) and not is_first_finish_stopped(output.outputs[5])
+    # Choices from a server with the ttsplugin middleware say it themselves (plain OpenAI JSON, no tokenizer).
+    assert is_first_finish_stopped(
+        {"finish_reason": "abort", "stop_reason": MARKER, "tts": {"first_finish": "stopped"}}
+    )
+    assert not is_first_finish_stopped(
+        {"finish_reason": "stop", "stop_reason": None, "tts": {"first_finish": "winner"}}
+    )
     assert not is_first_finish_stopped({"finish_reason": "length", "stop_reason": None})
 
 

@@ -199,7 +199,7 @@ def generate(llm, args: argparse.Namespace) -> dict[str, Any]:
     for question, out in zip(questions, outputs, strict=True):
         reports = thinking_report(out, thinking or ThinkingConfig(), tokenizer)
         winners = (
-            {c.index for c in first_finish_winners(out, extra["tts_first_finish"])}
+            {c.index for c in first_finish_winners(out, extra["tts_first_finish"], marker=tokenizer)}
             if args.first_finish
             else ()
         )
@@ -220,7 +220,7 @@ def generate(llm, args: argparse.Namespace) -> dict[str, Any]:
                     "winner"
                     if completion.index in winners
                     else "stopped"
-                    if is_first_finish_stopped(completion)
+                    if is_first_finish_stopped(completion, tokenizer)
                     else "finished"
                 )
             completions.append(entry)

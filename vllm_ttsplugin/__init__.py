@@ -24,8 +24,10 @@ _LAZY = {
     "ThinkingLogitsProcessor": "vllm_ttsplugin.hf",
     "ThinkingStoppingCriteria": "vllm_ttsplugin.hf",
     # First Finish Search, in-engine output helpers
-    "FFS_STOP_REASON": "vllm_ttsplugin.ffs",
+    "FFS_MARKER_TEXT": "vllm_ttsplugin.ffs",
     "FirstFinishParamsError": "vllm_ttsplugin.ffs",
+    "first_finish_marker": "vllm_ttsplugin.ffs",
+    "first_finish_scope": "vllm_ttsplugin.ffs",
     "first_finish_winners": "vllm_ttsplugin.ffs",
     "is_first_finish_stopped": "vllm_ttsplugin.ffs",
     # First Finish Search over the engine (offline / async), FFS-k@N voting
@@ -43,7 +45,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "FFS_STOP_REASON",
+    "FFS_MARKER_TEXT",
     "FirstFinishParamsError",
     "FirstFinishResult",
     "TTSLogitsProcessor",
@@ -59,6 +61,8 @@ __all__ = [
     "extract_final_answer",
     "first_finish",
     "first_finish_async",
+    "first_finish_marker",
+    "first_finish_scope",
     "first_finish_vote",
     "first_finish_winners",
     "is_first_finish_stopped",
@@ -71,8 +75,10 @@ if TYPE_CHECKING:
     from vllm_ttsplugin.answers import extract_answer, extract_boxed, extract_final_answer, majority_vote
     from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError, TTSParamsError
     from vllm_ttsplugin.ffs import (
-        FFS_STOP_REASON,
+        FFS_MARKER_TEXT,
         FirstFinishParamsError,
+        first_finish_marker,
+        first_finish_scope,
         first_finish_winners,
         is_first_finish_stopped,
     )

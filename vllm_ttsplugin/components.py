@@ -302,7 +302,7 @@ class FirstFinishComponent(SlotComponent):
         if not extra or (FIRST_FINISH_KEY not in extra and GROUP_KEY not in extra):
             return None
         try:
-            return FirstFinishMember.from_params(params, self.marker)
+            return FirstFinishMember.from_params(params, self.env.vocab_size)
         except TTSParamsError as exc:
             logger.warning("ttsplugin: request left without First Finish Search: %s", exc)
             return None
@@ -325,13 +325,17 @@ class FirstFinishComponent(SlotComponent):
                 host_prompt = prompt if isinstance(prompt, list) else None  # V2 prompts stay on the device
                 member.prompt_len = len(host_prompt) if host_prompt is not None else 0
                 member.key = member.race_key(host_prompt)
+            if (
+                self.marker is None
+            ):  # no engine tokenizer: the marker admission stamped (one model, one marker)
+                self.marker = member.marker
             self.core.add(slot, member.key, member.spec.k, member.size, member)
             self.members_np[slot] = True
             self.requests[slot] = member
             rows["race"].append(self.core.race_index[slot])
             rows["k"].append(member.spec.k)
             rows["stop_token"].append(member.stop_token)
-            rows["marked"].append(member.marked)
+            rows["marked"].append(member.marker is not None and member.marker == self.marker)
             rows["stop_ids"].append(list(member.stop_ids) + [-1] * (width - len(member.stop_ids)))
         if self.core.recycled:  # race indices handed out again: their device counts start over
             self.finished[self._to_device(np.asarray(self.core.recycled, dtype=np.int64))] = 0
@@ -362,7 +366,6 @@ class FirstFinishComponent(SlotComponent):
                 outcome = member_outcome(
                     member,
                     outputs[i],
-                    self.marker,
                     self.vocab.tokenizer if self.vocab is not None else None,
                     self.env.max_model_len,
                 )
@@ -423,10 +426,12 @@ class FirstFinishComponent(SlotComponent):
         stop = member & ~self.counted[slots] & (self.finished[self.race[slots]] >= self.k[slots])
         tokens = self.stop_token[slots]
         if self.marker is not None:
-            # Members never sample the marker themselves; a loser gets it first, then EOS.
+            # Marked members (the marker is one of their stop tokens) never sample it themselves; a loser gets it
+            # and the engine core ends it there (EOS only if it were scheduled again).
+            marked = member & self.marked[slots]
             column = logits[rows, self.marker]
-            logits[rows, self.marker] = torch.where(member, float("-inf"), column)
-            use_marker = self.marked[slots] & (self.last_token[slots] != self.marker)
+            logits[rows, self.marker] = torch.where(marked, float("-inf"), column)
+            use_marker = marked & (self.last_token[slots] != self.marker)
             tokens = torch.where(use_marker, self.marker, tokens)
         self.forced[slots] = self.forced[slots] | stop
         self._ops.fill_rows_(logits, rows, stop, float("-inf"))

@@ -2,18 +2,25 @@
 
 Per request, through `SamplingParams.extra_args` (offline) or `vllm_xargs` (OpenAI server):
 
-- ``tts_first_finish`` (int k >= 1): once k samples of the same request have finished *naturally* (EOS or one of
+- ``tts_first_finish`` (int k >= 1): once k samples of the same race have finished *naturally* (EOS or one of
   the request's stop tokens; stop strings count too on the V1 runner; a length cut never counts), every other sample
   still running is stopped at its next decode step. Needs ``n > 1``, or a ``tts_group``.
-- ``tts_group`` (str, optional): ties separate requests into one race (all their samples are siblings). Without it,
-  the siblings are exactly the ``n`` samples of one request: for every prompt of ``LLM.generate(prompts,
-  SamplingParams(n=8, extra_args={"tts_first_finish": 1}))`` and for an OpenAI request with ``n=8`` and
-  ``vllm_xargs={"tts_first_finish": 1}``.
+- ``tts_group`` (str, optional): ties several requests of one *admission scope* into one race (all their samples
+  are siblings). A scope is one HTTP request on a server run with `vllm_ttsplugin.serving.TTSMiddleware`, or a
+  ``with first_finish_scope():`` block offline; a group outside any scope is rejected. Without a group, the
+  siblings are exactly the ``n`` samples of one request (each prompt of ``LLM.generate`` its own race).
 
-How the stopped samples look in the output: they end with ``finish_reason == "stop"`` and
-``stop_reason == FFS_STOP_REASON`` (the one-character string ``"\\x18"``, ASCII CANCEL), which no natural finish
-has; their text does not contain the marker. `first_finish_winners` returns the natural finishers of a
-`RequestOutput` in finishing order.
+Isolation: no request can join or stop a race it did not create. Race ids are minted at admission (a fresh
+random id per request, or per group name and scope), never taken from the client, and the engine matches members
+by that id only; a group name means nothing outside the scope that admitted it, so two clients (or two calls)
+using the same name never meet, and a name reused later starts a new race.
+
+How the stopped samples look in the output: they end with ``finish_reason == "stop"`` and ``stop_reason`` equal to
+the *marker token*, the model's single token for ``FFS_MARKER_TEXT`` (``"\\x18"``, ASCII CANCEL), which members
+can never sample themselves; their text does not contain it. `first_finish_winners` / `is_first_finish_stopped`
+tell them apart given the LLM or its tokenizer (`first_finish_marker`). On the OpenAI server,
+`vllm_ttsplugin.serving.TTSMiddleware` turns this into plain-client fields (winners first, losers
+``finish_reason="abort"``).
 
 What this module relies on in vLLM (0.32; read in its source, checked in tests/test_ffs_engine.py):
 
@@ -22,29 +29,28 @@ What this module relies on in vLLM (0.32; read in its source, checked in tests/t
    gives index, params, prompt ids, live output ids; V2 `add_request` gives slot and params). Object identity of the
    shared ``extra_args`` dict would group children in-process, but not across the msgpack hop to a separate engine
    core process (the server). So `validate_first_finish_params`, which vLLM calls at admission on the *parent* params
-   (``n`` still visible) right before cloning them for the request, stamps a fresh race id and ``n`` into a *new*
-   ``extra_args`` dict. Each admission gets its own id even when one `SamplingParams` object serves many prompts; the
-   children inherit it through the clone and it survives serialization. On V1 the prompt (length and ends) is part
-   of the race key too, so two prompts can never share a race by accident.
+   (``n`` still visible) right before cloning them for the request, stamps the race id, ``n`` and the marker token
+   into a *new* ``extra_args`` dict. The children inherit it through the clone and it survives serialization. On V1
+   the prompt (length and ends) is part of the key of an ``n``-race too.
 2. **Natural finish.** The processor cannot see finish reasons, only tokens. The adapters observe every token each
    sample produced, including the one that finished it (V1: from its live output list right before it leaves the
    persistent batch, listed in ``removed`` or overwritten by an ``added`` or condensing ``moved`` entry; V2: from
    ``req_states.all_token_ids``, which keeps a slot's committed tokens until the slot is reused, for every member
-   slot each step and right before a reuse). A member's token that is one of its stop tokens, and that FFS did not
-   force, is a natural finish, counted on the device. A stop *string* ends a sample in the frontend; on V1 its
-   output list then still holds the text, read when it leaves (`member_outcome`); V2 has no such hook.
+   slot each step and right before a reuse). A member's token that is one of its own stop tokens (not the marker),
+   and that FFS did not force, is a natural finish, counted on the device. A stop *string* ends a sample in the
+   frontend; on V1 its output list then still holds the text, read when it leaves (`member_outcome`): a natural
+   finish only if the string ends in the text after the first ``min_tokens`` tokens, exactly where vLLM's
+   detokenizer looks. V2 has no such hook.
 3. **Stopping.** A logits processor stops a request by forcing a token: the row is filled with -inf and the token's
-   logit set to 0. To make losers distinguishable, admission also appends ``FFS_STOP_REASON`` to the request's
-   ``stop`` strings; the engine core forces the single token that decodes to it, the frontend's detokenizer then ends
-   the sample with that stop reason (and aborts it in the engine core); if the sample is still scheduled one step
-   later, EOS is forced. Members never sample the marker token naturally (it is masked for them). Where the
-   tokenizer has no such single token (or ``detokenize=False``), EOS is forced directly and losers are not marked.
+   logit set to 0. Admission appends the marker token to the request's ``stop_token_ids``, so the engine core's
+   stop check ends a loser on the very step it is forced (stop tokens are checked before ``min_tokens`` and need no
+   detokenization), with the marker as its ``stop_reason``. Members never sample the marker naturally (it is masked
+   for them). Where the tokenizer has no single token for the marker, the stop token (EOS) is forced and losers are
+   not marked.
 
 Serving: `vllm_ttsplugin.components.FirstFinishComponent` plugs this race core into
 ``vllm_ttsplugin:TTSLogitsProcessor`` through the same slot interface and adapter bookkeeping as thinking control
-(both runners); natural finishes are counted on the device as the adapters observe each sample's tokens (stop
-tokens), and on the V1 runner also when a sample leaves the batch on a stop string (`member_outcome`). FFS's stop
-is applied last, so it overrides forced sequences, budgets and TS.
+(both runners). FFS's stop is applied last, so it overrides forced sequences, budgets and TS.
 
 This module is framework-free (no vLLM import at run time).
 """
@@ -53,9 +59,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -71,16 +80,18 @@ if TYPE_CHECKING:
 
 FIRST_FINISH_KEY = "tts_first_finish"
 GROUP_KEY = "tts_group"
-# Stamped at admission (underscore: not a user knob; any value a client sends is overwritten).
+# Stamped at admission (underscore: not a user knob; any value a client sends is overwritten or removed).
 RACE_ID_KEY = "_tts_ffs_race"
 RACE_SIZE_KEY = "_tts_ffs_n"
-# Stop reason of the samples FFS stopped: ASCII CANCEL, a single byte token in byte-level BPE vocabularies and a
-# byte-fallback token in SentencePiece ones, which text generation does not use.
-FFS_STOP_REASON = "\x18"
+MARKER_KEY = "_tts_ffs_marker"
+STAMPED_KEYS = (RACE_ID_KEY, RACE_SIZE_KEY, MARKER_KEY)
+# Text of the marker token that ends the samples FFS stopped: ASCII CANCEL, a single byte token in byte-level BPE
+# vocabularies and a byte-fallback token in SentencePiece ones, which text generation does not use.
+FFS_MARKER_TEXT = "\x18"
 MAX_GROUP_NAME_LENGTH = 256
 
 __all__ = [
-    "FFS_STOP_REASON",
+    "FFS_MARKER_TEXT",
     "FIRST_FINISH_KEY",
     "GROUP_KEY",
     "FirstFinishCore",
@@ -88,6 +99,9 @@ __all__ = [
     "FirstFinishParamsError",
     "FirstFinishRequest",
     "SlotOutcome",
+    "find_marker_token",
+    "first_finish_marker",
+    "first_finish_scope",
     "first_finish_winners",
     "force_tokens_",
     "is_first_finish_stopped",
@@ -156,13 +170,80 @@ def parse_first_finish_args(extra_args: dict[str, Any] | None) -> FirstFinishReq
     return FirstFinishRequest(k=int(k), group=group)
 
 
+class _Scope:
+    """One admission scope: group name -> race id, minted here (the only way two requests share a race)."""
+
+    def __init__(self) -> None:
+        self._races: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def race_id(self, group: str) -> str:
+        with self._lock:
+            return self._races.setdefault(group, uuid.uuid4().hex)
+
+
+_SCOPE: ContextVar[_Scope | None] = ContextVar("ttsplugin_ffs_scope", default=None)
+
+
+@contextmanager
+def first_finish_scope() -> Iterator[None]:
+    """An admission scope: requests admitted inside it with the same ``tts_group`` race together.
+
+    The race ids are minted inside the scope, so nothing admitted outside it (another call, another client) can
+    join or stop these races, and a group name reused in a later scope starts a new race. Admission happens when
+    vLLM validates a request: inside `LLM.generate` / `LLMEngine.add_request`, or when an `AsyncLLM.generate`
+    generator is first advanced (asyncio tasks created inside the block inherit the scope).
+    `vllm_ttsplugin.serving.TTSMiddleware` opens one scope per HTTP request.
+
+    Example::
+
+        with first_finish_scope():
+            outputs = llm.generate([prompt, prompt], [params_t06, params_t10])  # both carry tts_group="g"
+    """
+    token = _SCOPE.set(_Scope())
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def _admission_marker() -> int | None:
+    """The marker token of the model being admitted to (None without a tokenizer or a single marker token)."""
+    from vllm_ttsplugin.processor import admission_vocab  # the frontend's tokenizer (processor imports us)
+
+    vocab = admission_vocab()
+    tokenizer = getattr(vocab, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    return _cached_marker(tokenizer, getattr(vocab, "vocab_size", None))
+
+
+_MARKERS: OrderedDict[int, tuple[Any, int | None, int | None]] = OrderedDict()
+_MARKERS_LOCK = threading.Lock()
+
+
+def _cached_marker(tokenizer: Any, vocab_size: int | None) -> int | None:
+    key = id(tokenizer)
+    with _MARKERS_LOCK:
+        hit = _MARKERS.get(key)
+        if hit is not None and hit[0] is tokenizer and hit[1] == vocab_size:
+            return hit[2]
+    marker = find_marker_token(tokenizer, vocab_size)
+    with _MARKERS_LOCK:
+        _MARKERS[key] = (tokenizer, vocab_size, marker)
+        while len(_MARKERS) > 16:
+            _MARKERS.popitem(last=False)
+    return marker
+
+
 def validate_first_finish_params(params: SamplingParams) -> None:
     """Check a request's FFS arguments at admission and stamp its race; the hook for ``validate_params``.
 
     vLLM calls it with the request's own (parent) params, ``n`` included, right before it clones them for the
     engine. Requests without ``tts_*`` keys are left untouched. For FFS requests the params get a new
-    ``extra_args`` dict carrying a fresh race id and ``n`` (the children only see ``n == 1``), and
-    `FFS_STOP_REASON` is appended to ``stop`` so that stopped samples are marked (see the module docstring).
+    ``extra_args`` dict carrying the race id (fresh per admission; per group name within an admission scope), ``n``
+    and the marker token, and the marker token is appended to ``stop_token_ids`` so that stopped samples end at
+    once, marked (see the module docstring).
 
     Raises:
         FirstFinishParamsError: naming the parameter; HTTP 400 on the server.
@@ -182,6 +263,18 @@ def validate_first_finish_params(params: SamplingParams) -> None:
             raise _error(
                 FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}`={spec.k} exceeds the n={n} samples of the request"
             )
+        race = uuid.uuid4().hex
+    else:
+        scope = _SCOPE.get()
+        if scope is None:
+            raise _error(
+                GROUP_KEY,
+                f"`{GROUP_KEY}` ties requests only within one admission scope, so that no other client's "
+                "request can join the race: one HTTP request on a server run with `--middleware "
+                "vllm_ttsplugin.serving.TTSMiddleware`, or a `with vllm_ttsplugin.first_finish_scope():` block "
+                "offline; this request was admitted outside any scope",
+            )
+        race = scope.race_id(spec.group)
     if params.ignore_eos and not params.stop_token_ids:
         raise _error(
             FIRST_FINISH_KEY,
@@ -189,25 +282,47 @@ def validate_first_finish_params(params: SamplingParams) -> None:
         )
     # A new dict per admission: the caller's dict (maybe shared by other requests) is never modified, and each
     # prompt of one LLM.generate call, validated in turn with the same params object, gets its own race.
-    params.extra_args = {**params.extra_args, RACE_ID_KEY: uuid.uuid4().hex, RACE_SIZE_KEY: int(n)}
-    if params.detokenize:
-        stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or ())
-        if FFS_STOP_REASON not in stop:
-            params.stop = [*stop, FFS_STOP_REASON]
+    extra_args = {k: v for k, v in params.extra_args.items() if k not in STAMPED_KEYS}
+    extra_args.update({RACE_ID_KEY: race, RACE_SIZE_KEY: int(n)})
+    marker = _admission_marker()
+    if marker is not None:
+        extra_args[MARKER_KEY] = marker
+        stop_token_ids = list(params.stop_token_ids or ())
+        if marker not in stop_token_ids:
+            params.stop_token_ids = [*stop_token_ids, marker]
+            params.all_stop_token_ids.add(marker)  # vLLM's min_tokens mask reads this set
+    params.extra_args = extra_args
 
 
 def _race_key(
     extra_args: dict[str, Any], spec: FirstFinishRequest, prompt_ids: Sequence[int] | None
 ) -> Hashable:
-    if spec.group is not None:
-        return ("group", spec.group)
     race = extra_args.get(RACE_ID_KEY)
-    if race is None:
-        # Not stamped (params never went through validate_params): in-process children still share the dict.
-        race = ("dict", id(extra_args))
-    if prompt_ids is None:
+    if not isinstance(race, str):
+        # Not stamped (the params never went through validate_params, e.g. a direct engine-core caller):
+        # in-process children still share the dict. A group name alone never keys a race.
+        return ("dict", id(extra_args))
+    if spec.group is not None or prompt_ids is None:
         return ("race", race)
     return ("race", race, len(prompt_ids), tuple(prompt_ids[:16]), tuple(prompt_ids[-16:]))
+
+
+def _race_size(extra_args: dict[str, Any], spec: FirstFinishRequest) -> int | None:
+    """Samples in the race when known (one request's n); None for a group (its requests arrive one by one)."""
+    size = extra_args.get(RACE_SIZE_KEY)
+    if spec.group is not None or isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return None
+    return size
+
+
+def _stamped_marker(params: SamplingParams, vocab_size: int | None) -> int | None:
+    """The marker token admission stamped (and appended to ``stop_token_ids``), if any."""
+    marker = (params.extra_args or {}).get(MARKER_KEY)
+    if isinstance(marker, bool) or not isinstance(marker, int) or marker < 0:
+        return None
+    if vocab_size is not None and marker >= vocab_size:
+        return None
+    return marker if marker in (params.stop_token_ids or ()) else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -415,33 +530,29 @@ def force_tokens_where_(logits: torch.Tensor, mask: torch.Tensor, tokens: torch.
 
 
 def find_marker_token(tokenizer, vocab_size: int | None = None) -> int | None:
-    """The single token that decodes to `FFS_STOP_REASON`, or None when the tokenizer has none."""
+    """The single token that decodes to `FFS_MARKER_TEXT`, or None when the tokenizer has none."""
     if tokenizer is None:
         return None
     try:
-        ids = tokenizer.encode(FFS_STOP_REASON, add_special_tokens=False)
+        ids = tokenizer.encode(FFS_MARKER_TEXT, add_special_tokens=False)
         for token in ids:
-            if (vocab_size is None or token < vocab_size) and tokenizer.decode([token]) == FFS_STOP_REASON:
+            if (vocab_size is None or token < vocab_size) and tokenizer.decode([token]) == FFS_MARKER_TEXT:
                 return int(token)
     except Exception:
         return None
     return None
 
 
-def _stop_token_ids(params: SamplingParams) -> tuple[int, ...]:
+def _natural_stop_ids(params: SamplingParams, marker: int | None) -> tuple[int, ...]:
+    """EOS and the request's own stop tokens (the marker, which admission added, is not a natural finish)."""
     ids = [] if params.eos_token_id is None else [params.eos_token_id]
-    ids += [t for t in params.stop_token_ids or () if t not in ids]
+    ids += [t for t in params.stop_token_ids or () if t not in ids and t != marker]
     return tuple(int(t) for t in ids)
 
 
 def _user_stop_strings(params: SamplingParams) -> tuple[str, ...]:
     stop = [params.stop] if isinstance(params.stop, str) else params.stop or ()
-    return tuple(s for s in stop if s != FFS_STOP_REASON)
-
-
-def _marked(params: SamplingParams, marker: int | None) -> bool:
-    stop = [params.stop] if isinstance(params.stop, str) else params.stop or ()
-    return marker is not None and FFS_STOP_REASON in stop
+    return tuple(stop)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -457,31 +568,33 @@ class FirstFinishMember:
     extra_args: dict[str, Any]
     size: int | None  # samples of the request (n) when known; None for a tts_group
     stop_ids: tuple[int, ...]  # tokens that end the sample naturally (EOS unless ignore_eos, stop_token_ids)
-    stop_token: int  # forced to end the sample: EOS, else the first stop token
-    marked: bool  # losers get the marker token first
+    stop_token: int  # forced to end an unmarked sample: EOS, else the first stop token (-1: none)
+    marker: int | None  # marker token stamped at admission (a stop token of the request); None: unmarked
     max_tokens: int | None
+    min_tokens: int  # vLLM checks stop strings only in the text after the first min_tokens tokens
     stop_strings: tuple[str, ...]
     skip_special_tokens: bool
     prompt_len: int = 0
     key: Hashable | None = None  # its race, fixed at first admission (a resumed sample rejoins it)
 
     @classmethod
-    def from_params(cls, params: SamplingParams, marker: int | None) -> FirstFinishMember | None:
+    def from_params(cls, params: SamplingParams, vocab_size: int | None = None) -> FirstFinishMember | None:
         spec = parse_first_finish_args(params.extra_args)
         if spec is None:
             return None
-        stop_ids = _stop_token_ids(params)
-        marked = _marked(params, marker)
-        if not stop_ids and not marked:
+        marker = _stamped_marker(params, vocab_size)
+        stop_ids = _natural_stop_ids(params, marker)
+        if not stop_ids and marker is None:
             return None  # nothing can end this sample; validate_params rejects this case at admission
         return cls(
             spec=spec,
             extra_args=params.extra_args,
-            size=params.extra_args.get(RACE_SIZE_KEY) if spec.group is None else None,
+            size=_race_size(params.extra_args, spec),
             stop_ids=stop_ids,
             stop_token=stop_ids[0] if stop_ids else -1,
-            marked=marked,
+            marker=marker,
             max_tokens=params.max_tokens,
+            min_tokens=int(getattr(params, "min_tokens", 0) or 0),
             stop_strings=_user_stop_strings(params),
             skip_special_tokens=params.skip_special_tokens,
         )
@@ -493,22 +606,22 @@ class FirstFinishMember:
 def member_outcome(
     member: FirstFinishMember,
     output_ids: list[int],
-    marker: int | None,
     tokenizer: Any = None,
     max_model_len: int | None = None,
 ) -> SlotOutcome:
     """Why a member left its slot, read from its (V1, live) output list when it leaves the batch.
 
     Its list still ends with the token that ended it: a stop token (natural), our marker (stopped), a stop
-    string in its text (natural: the frontend ended it and aborted it in the engine core), ``max_tokens`` or the
-    context length reached (length), or anything else (preempted or aborted: it may come back; not counted).
+    string in its text after the first ``min_tokens`` tokens (natural: the frontend ended it and aborted it in the
+    engine core), ``max_tokens`` or the context length reached (length), or anything else (preempted or aborted:
+    it may come back; not counted).
     """
     last = _last_real_token(output_ids)
     if last is None:
         return SlotOutcome.UNKNOWN
     if last in member.stop_ids:
         return SlotOutcome.NATURAL
-    if marker is not None and last == marker and member.marked:
+    if member.marker is not None and last == member.marker:
         return SlotOutcome.STOPPED
     if (
         member.stop_strings
@@ -526,13 +639,21 @@ def member_outcome(
 
 def _ends_with_stop_string(member: FirstFinishMember, output_ids: list[int], tokenizer: Any) -> bool:
     # A sample the frontend ended on a stop string was aborted in the engine core; its text holds the string
-    # (possibly followed by the few tokens generated before the abort arrived).
+    # (possibly followed by the few tokens generated before the abort arrived). vLLM's detokenizer looks for
+    # stop strings only once more than min_tokens tokens exist, and only for matches ending in the text after
+    # the first min_tokens tokens: a string there is a natural finish, one before it is not (e.g. a sample cut
+    # by max_tokens == min_tokens whose text contains a stop string is a length cut).
     ids = [t for t in output_ids if t >= 0]
+    if len(ids) <= member.min_tokens:
+        return False
     try:
         text = tokenizer.decode(ids, skip_special_tokens=member.skip_special_tokens)
+        head = member.min_tokens and len(
+            tokenizer.decode(ids[: member.min_tokens], skip_special_tokens=member.skip_special_tokens)
+        )
     except Exception:
         return False
-    return any(s in text for s in member.stop_strings)
+    return any(text.find(s, max(head - len(s) + 1, 0)) >= 0 for s in member.stop_strings)
 
 
 def _num_placeholders(tokens: list[int]) -> int:
@@ -558,26 +679,66 @@ def _field(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def is_first_finish_stopped(completion: Any) -> bool:
-    """Whether FFS stopped this sample (a `CompletionOutput`, or an OpenAI choice object / dict)."""
-    return (
-        _field(completion, "finish_reason") == "stop" and _field(completion, "stop_reason") == FFS_STOP_REASON
-    )
+def first_finish_marker(source: Any) -> int | None:
+    """The marker token id that ends the samples FFS stopped (their ``stop_reason``), or None when the model's
+    tokenizer has no single token for `FFS_MARKER_TEXT` (losers are then stopped with EOS, unmarked).
+
+    Args:
+        source: A `vllm.LLM` / `AsyncLLM` (anything with ``get_tokenizer()``), a tokenizer, or the id itself.
+    """
+    if isinstance(source, numbers.Integral) and not isinstance(source, bool):
+        return int(source)
+    tokenizer = source.get_tokenizer() if hasattr(source, "get_tokenizer") else source
+    return _cached_marker(tokenizer, None)
 
 
-def is_natural_finish(completion: Any) -> bool:
+FIRST_FINISH_STATUS = "first_finish"  # key of a choice's `tts` report set by the server middleware
+
+
+def is_first_finish_stopped(completion: Any, marker: Any = None) -> bool:
+    """Whether FFS stopped this sample.
+
+    Args:
+        completion: A `CompletionOutput`, or an OpenAI choice (object or dict). A choice from a server with
+            `vllm_ttsplugin.serving.TTSMiddleware` says it itself (``tts.first_finish == "stopped"``).
+        marker: The LLM, its tokenizer, or the marker token id (`first_finish_marker`). Needed when the sample
+            ended on a stop token: a loser's ``stop_reason`` is the marker token, which only the tokenizer names.
+
+    Raises:
+        ValueError: the sample ended on a stop token and no `marker` was given.
+    """
+    tts = _field(completion, "tts")
+    if isinstance(tts, dict) and FIRST_FINISH_STATUS in tts:
+        return tts[FIRST_FINISH_STATUS] == "stopped"
+    if _field(completion, "finish_reason") != "stop":
+        return False
+    reason = _field(completion, "stop_reason")
+    if isinstance(reason, bool) or not isinstance(reason, numbers.Integral):
+        return False  # EOS (None) or a stop string: a natural finish
+    if marker is None:
+        raise ValueError(
+            f"sample {_field(completion, 'index')} ended on stop token {reason}: pass `marker=` (the LLM, its "
+            "tokenizer or the marker token id) to tell a First Finish stop from the request's own stop tokens"
+        )
+    return reason == first_finish_marker(marker)
+
+
+def is_natural_finish(completion: Any, marker: Any = None) -> bool:
     """Whether the sample ended by itself (EOS, stop token or stop string), i.e. not cut, aborted or stopped."""
-    return _field(completion, "finish_reason") == "stop" and not is_first_finish_stopped(completion)
+    return _field(completion, "finish_reason") == "stop" and not is_first_finish_stopped(completion, marker)
 
 
-def first_finish_winners(output: RequestOutput, k: int | None = None) -> list[CompletionOutput]:
+def first_finish_winners(
+    output: RequestOutput, k: int | None = None, *, marker: Any = None
+) -> list[CompletionOutput]:
     """The natural finishers of an in-engine FFS request, in finishing order (at most `k` when given).
 
     Within one request all samples start together, so finishing order is length order; samples of equal length
     finished in the same step and are ordered by index. Samples FFS stopped (`is_first_finish_stopped`) and length
     cuts are never winners. Several samples finishing in the step that decides the race are all natural finishers;
-    pass `k` to keep the first k.
+    pass `k` to keep the first k. `marker`: the LLM, its tokenizer or the marker token id (required once a sample
+    ended on a stop token, which every FFS loser does).
     """
-    natural = [c for c in output.outputs if is_natural_finish(c)]
+    natural = [c for c in output.outputs if is_natural_finish(c, marker)]
     natural.sort(key=lambda c: (len(c.token_ids), c.index))
     return natural if k is None else natural[:k]

@@ -30,7 +30,9 @@ import logging
 import sys
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +93,24 @@ class AdmissionContext:
     speculative: bool = False
 
 
+# Set by `admission_tokenizer` for frontends that validate outside vLLM's InputProcessor.
+_ADMISSION_VOCAB: ContextVar[TokenizerVocab | None] = ContextVar("ttsplugin_admission_vocab", default=None)
+
+
+@contextmanager
+def admission_tokenizer(tokenizer: Any, vocab_size: int | None = None) -> Iterator[None]:
+    """Validate the requests admitted inside this block against `tokenizer` (and `vocab_size` logits).
+
+    For code that validates requests outside vLLM's `InputProcessor`: the server middleware, which rejects bad
+    `tts_*` keys of a streaming request before its stream starts, and tests.
+    """
+    token = _ADMISSION_VOCAB.set(vocab_for(tokenizer, vocab_size))
+    try:
+        yield
+    finally:
+        _ADMISSION_VOCAB.reset(token)
+
+
 def _input_processor_class():
     module = sys.modules.get("vllm.v1.engine.input_processor")
     return getattr(module, "InputProcessor", None)
@@ -98,6 +118,9 @@ def _input_processor_class():
 
 def admission_context(max_depth: int = 12) -> AdmissionContext:
     """The model's tokenizer facts and engine settings for a request being admitted."""
+    override = _ADMISSION_VOCAB.get()
+    if override is not None:
+        return AdmissionContext(override)
     cls = _input_processor_class()
     if cls is not None:
         frame = sys._getframe(1)
@@ -342,6 +365,9 @@ class _V1Adapter:
         if stale.any():
             self._observe_pending(slots_np[stale])
             new = lengths - self.observed[slots_np]
+        if replaying:
+            self.replay[slots_np] = False
+            self._replaying = bool(self.replay.any())
         tokens = [lists[s][-1] if n == 1 else -1 for s, n in zip(slots_list, new.tolist(), strict=True)]
         # One host->device copy per step (pinned, non-blocking): slots, tokens, output lengths.
         packed = to_device(
