@@ -365,9 +365,6 @@ class _V1Adapter:
         if stale.any():
             self._observe_pending(slots_np[stale])
             new = lengths - self.observed[slots_np]
-        if replaying:
-            self.replay[slots_np] = False
-            self._replaying = bool(self.replay.any())
         tokens = [lists[s][-1] if n == 1 else -1 for s, n in zip(slots_list, new.tolist(), strict=True)]
         # One host->device copy per step (pinned, non-blocking): slots, tokens, output lengths.
         packed = to_device(
