@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from search_distributed_helpers import BATCH_EXACT, CASES, run_case, run_cases
 
 from diffusers_ttsplugin.search.distributed import RowLayout, balanced_owners, transfer_plan
 from diffusers_ttsplugin.testing import run_on_ranks
-
-from search_distributed_helpers import BATCH_EXACT, CASES, run_case, run_cases
 
 
 @pytest.fixture(scope="module")
