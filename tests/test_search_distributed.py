@@ -55,7 +55,9 @@ def test_ranks_that_disagree_all_raise(sharded):
         assert errors["different prompts"].startswith("ValueError: InferenceScaler on 2 ranks")
         assert "different" in errors["different prompts"] and "prompts" in errors["different prompts"]
     assert one["reward fails on rank 1"] == "ArithmeticError: this reward failed here"
-    assert zero["reward fails on rank 1"].startswith("RuntimeError: smc, step 0: the reward failed on rank(s) [1]")
+    assert zero["reward fails on rank 1"].startswith(
+        "RuntimeError: smc, step 0: the reward failed on rank(s) [1]"
+    )
 
 
 def test_resampling_moves_only_some_rows(sharded):
