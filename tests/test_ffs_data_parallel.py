@@ -35,7 +35,9 @@ def test_engines_one_frontend_balances_over():
     assert load_balanced_engines(parallel(4)) == 4  # internal load balancing (one server, 4 engines)
     assert load_balanced_engines(parallel(4, external_lb=True)) == 1  # one server per engine
     assert load_balanced_engines(parallel(4, rank_local=2)) == 1  # offline: one LLM per rank
-    assert load_balanced_engines(parallel(8, local_only=True, size_local=2)) == 2  # hybrid: the node's engines
+    assert (
+        load_balanced_engines(parallel(8, local_only=True, size_local=2)) == 2
+    )  # hybrid: the node's engines
 
 
 @pytest.fixture(scope="module")
