@@ -200,7 +200,9 @@ def _check_logprobs_mode(engine: Any, params: SamplingParams) -> None:
             "or build the LLM with logprobs_mode='processed_logprobs'"
         )
     edited = [
-        name for name in ("logit_bias", "allowed_token_ids", "bad_words", "min_tokens") if getattr(params, name, None)
+        name
+        for name in ("logit_bias", "allowed_token_ids", "bad_words", "min_tokens")
+        if getattr(params, name, None)
     ]
     if mode == "raw_logprobs" and edited:
         raise ValueError(
