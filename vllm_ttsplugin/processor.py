@@ -376,6 +376,8 @@ class _V1Adapter:
             comp.observe(slots, token_t, out_len - 1, valid)
         self.observed[slots_np] = lengths
         for comp in self.components:
+            comp.inspect(logits, slots, slots_np, out_len, slots)
+        for comp in self.components:
             logits = comp.apply(logits, slots, slots_np, out_len, slots)
         return logits
 
@@ -505,6 +507,8 @@ class _V2Adapter:
         rs = self.req_states
         slots = ctx.expanded_idx_mapping.long()
         out_len = rs.total_len.gpu[slots].long() - rs.prompt_len.gpu[slots].long()
+        for comp in self.components:
+            comp.inspect(logits, slots, idx_np, out_len, None)
         for comp in self.components:
             logits = comp.apply(logits, slots, idx_np, out_len, None)
         return logits
