@@ -90,6 +90,13 @@ def _add_generate(subparsers) -> None:
     add_generate_parser(subparsers)
 
 
+def _add_reasoner(subparsers) -> None:
+    from ttsplugin.reasoner_commands import add_eval_parser, add_train_parser
+
+    add_train_parser(subparsers)
+    add_eval_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ttsplugin",
@@ -101,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_generate(subparsers)
     _add_search(subparsers)
+    _add_reasoner(subparsers)
     return parser
 
 
