@@ -67,8 +67,40 @@ def run_case(name: str, models: dict, seed: int = 0) -> dict:
     }
 
 
+class FailsOnRank:
+    """A reward that raises on one rank only (a rank must not wait forever for the others)."""
+
+    def __init__(self, reward, rank: int):
+        self.reward, self.rank = reward, rank
+
+    def __call__(self, images, prompts):
+        if torch.distributed.get_rank() == self.rank:
+            raise ArithmeticError("this reward failed here")
+        return self.reward(images, prompts)
+
+
+def misuse_errors(rank: int) -> dict:
+    """What each rank raises for calls that differ between ranks, and for a reward failing on rank 1."""
+    flow, reward = toy_problem()
+    errors = {}
+    for name, scaler_reward, prompt in [
+        ("different prompts", reward, f"prompt of rank {rank}"),
+        ("reward fails on rank 1", FailsOnRank(reward, 1), "toy"),
+    ]:
+        scaler = InferenceScaler(flow, scaler_reward, method="smc", nfe_budget=16, num_steps=4)
+        scaler.set_progress_bar_config(disable=True)
+        try:
+            scaler(prompt, generator=torch.Generator().manual_seed(0))
+            errors[name] = None
+        except Exception as err:
+            errors[name] = f"{type(err).__name__}: {err}"
+    return errors
+
+
 def run_cases(rank: int, world_size: int, names: list[str], out_dir: str) -> None:
-    """A rank's part: every case in turn (the same calls on every rank), results saved per rank."""
+    """A rank's part: every case in turn (the same calls on every rank), then the misuse checks; results saved per
+    rank."""
     models: dict = {}
     results = {name: run_case(name, models) for name in names}
+    results["misuse"] = misuse_errors(rank)
     torch.save(results, f"{out_dir}/rank{rank}.pt")

@@ -49,6 +49,17 @@ def test_two_processes_equal_one(sharded, single, name):
             torch.testing.assert_close(two["reward"], one["reward"], rtol=1e-6, atol=1e-9)
 
 
+def test_ranks_that_disagree_all_raise(sharded):
+    zero, one = sharded[0]["misuse"], sharded[1]["misuse"]
+    for errors in (zero, one):  # every rank raises (none hangs), naming what differs
+        assert errors["different prompts"].startswith("ValueError: InferenceScaler on 2 ranks")
+        assert "different" in errors["different prompts"] and "prompts" in errors["different prompts"]
+    assert one["reward fails on rank 1"] == "ArithmeticError: this reward failed here"
+    assert zero["reward fails on rank 1"].startswith(
+        "RuntimeError: smc, step 0: the reward failed on rank(s) [1]"
+    )
+
+
 def test_resampling_moves_only_some_rows(sharded):
     moved = [results["flux-smc"]["rows_sent"] for results in sharded]
     # 12 particles over 2 ranks, resampled at every step: some ancestors live on the other rank, most do not.

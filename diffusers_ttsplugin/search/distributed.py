@@ -9,7 +9,7 @@ batch of rows, but evaluates the velocity (and the reward) only for the rows it 
 - **Rewards** (float64, one number per row) are all-gathered; every rank then holds the same rewards, weights,
   ESS and NFE ledger and takes the same decisions (argmax, resampling ancestors from the shared generator).
 - **Latents move only when a decision needs them elsewhere:** SMC's resampled particles whose ancestor lives on
-  another rank ([`balanced_owners`] keeps every ancestor's copies on its rank up to an even share of rows), and
+  another rank ([`balanced_owners`] places the copies near their ancestors within an even share of rows), and
   the rows a selection keeps (SVDD / CoDe / SoP / RBF chains and the final sample are held by every rank).
   [`transfer_plan`] lists, per (source, destination) pair, the distinct rows to send.
 
@@ -74,25 +74,60 @@ class RowLayout:
 def balanced_owners(sources: torch.Tensor, source_owners: torch.Tensor, world_size: int) -> torch.Tensor:
     """Owners for a new batch whose row i is a copy of old row `sources[i]` (resampling: the ancestors).
 
-    Every rank gets an even share of the new rows (`split_evenly`), and as many rows as those shares allow stay on
-    the rank that already holds their source, so only the overflow moves: the fewest rows any balanced placement
-    can move. Deterministic (lowest positions keep their place first; overflow fills ranks in order).
+    Every rank gets an even share of the new rows (`split_evenly`). Two placements are compared and the one that
+    sends fewer distinct rows ([`transfer_plan`]) wins (the first on a tie): keep the current owner of each
+    position (when the layout is already balanced), or send each copy to the rank holding its source, up to that
+    rank's share; the overflow leaves in whole groups of copies of one source, the largest groups first, so a
+    popular ancestor crosses once and is copied on arrival. Deterministic: every rank computes the same owners.
     """
+    total = len(sources)
+    capacity = split_evenly(total, world_size)
+    candidates = []
+    if (
+        len(source_owners) == total
+        and torch.bincount(source_owners, minlength=world_size).tolist() == capacity
+    ):
+        candidates.append(source_owners.clone())
+    candidates.append(_owners_near_sources(sources, source_owners, capacity))
+    cost = [
+        sum(len(rows) for rows in transfer_plan(sources, source_owners, c, world_size).values())
+        for c in candidates
+    ]
+    return candidates[cost.index(min(cost))]
+
+
+def _owners_near_sources(
+    sources: torch.Tensor, source_owners: torch.Tensor, capacity: list[int]
+) -> torch.Tensor:
     preferred = source_owners[sources]
+    copies = torch.bincount(sources, minlength=len(source_owners))[sources]
     owners = torch.full_like(preferred, -1)
-    capacity = split_evenly(len(sources), world_size)
-    for rank in range(world_size):
+    spare = list(capacity)
+    for rank in range(len(capacity)):
         wanting = (preferred == rank).nonzero().flatten()
-        keep = wanting[: capacity[rank]]
+        # Keep the rarest sources home; the most copied ones overflow (one transfer each, copied on arrival).
+        order = _lexsort(wanting, sources[wanting], copies[wanting])
+        keep = wanting[order][: spare[rank]]
         owners[keep] = rank
-        capacity[rank] -= len(keep)
+        spare[rank] -= len(keep)
     homeless = (owners < 0).nonzero().flatten()
+    homeless = homeless[
+        _lexsort(homeless, sources[homeless], -copies[homeless])
+    ]  # groups of one source together
     start = 0
-    for rank in range(world_size):
-        take = homeless[start : start + capacity[rank]]
+    for rank in range(len(capacity)):
+        take = homeless[start : start + spare[rank]]
         owners[take] = rank
         start += len(take)
     return owners
+
+
+def _lexsort(*keys: torch.Tensor) -> torch.Tensor:
+    """Indices sorting by the last key first, then the one before it, ... (like `numpy.lexsort`)."""
+    order = torch.arange(len(keys[0]))
+    for key in keys:
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order
 
 
 def transfer_plan(
