@@ -515,6 +515,7 @@ class ConfidenceComponent(SlotComponent):
         self.members_np = np.zeros(n, dtype=bool)
         self.top_k_np = np.zeros(n, dtype=np.int64)  # host copy: the step's top-k width without a sync
         self.requests: list[ConfidenceMember | None] = [None] * n  # host copy: snapshots without a sync
+        self.unit_temperature_np = np.ones(n, dtype=bool)  # host: no temperature pass when every row's is 1
         # Device state per slot: parameters, then the window: a ring of the last `window` confidences
         # ([n, W], W = the largest window admitted), their running sum, how many positions it holds, the next
         # position expected, and the lowest full-window mean seen (inf until a window is full).
@@ -596,6 +597,7 @@ class ConfidenceComponent(SlotComponent):
         self.top_k_np[list(slots)] = [m.spec.top_k for m in requests]
         for slot, request in zip(slots, requests, strict=True):
             self.requests[slot] = request
+            self.unit_temperature_np[slot] = request.inv_temperature == 1.0
 
     def release(self, slots, outputs=None) -> None:
         gone = [s for s in slots if self.members_np[s]]
@@ -614,6 +616,7 @@ class ConfidenceComponent(SlotComponent):
             setattr(self, name, getattr(self, name)[index])
         self.members_np = self.members_np[src] & ~empty
         self.top_k_np = self.top_k_np[src]
+        self.unit_temperature_np = self.unit_temperature_np[src]
         self.requests = [None if empty[i] else self.requests[src[i]] for i in range(self.env.num_slots)]
         if empty.any():
             self.member[self._to_device(np.flatnonzero(empty))] = False
@@ -652,8 +655,12 @@ class ConfidenceComponent(SlotComponent):
         stop_rows[rows] = stop
         self._stop_rows = stop_rows
         self.stopped[s] = self.stopped[s] | stop
+        # Every row a member: the rows in order (V1: batch index = slot, ascending; V2: all rows), no gather.
+        view = logits if picked.size == logits.shape[0] else logits[rows]
+        unit = self.unit_temperature_np[slots_np[picked]].all()
+        k_max = int(self.top_k_np[slots_np[picked]].max())
         confidence = token_confidence(
-            logits[rows], self.inv_temperature[s], self.top_k[s], int(self.top_k_np[slots_np[picked]].max())
+            view, None if unit else self.inv_temperature[s], self.top_k[s], k_max
         ).to(torch.float64)
         # Append position `next_pos`, redo position `next_pos - 1` (a discarded step), restart on any other.
         redo = (position == self.next_pos[s] - 1) & (self.count[s] > 0)
