@@ -105,10 +105,17 @@ def stop_tokens(req: Req) -> list[int]:
 def run_driver(driver, requests: list[Req], rng: random.Random, capacity: int, v1: bool) -> None:
     waiting = list(requests)
     running: list[Req] = []
-    for _ in range(200):
+    for _ in range(400):
         for req in [r for r in running if r.done or (r.output and r.output[-1] in stop_tokens(r))]:
             running.remove(req)
             driver.remove(req)
+        if v1 and running and rng.random() < 0.15:
+            # Preempted: it leaves and comes back later with its output so far; the adapter's stash restores its
+            # window (the V2 interface shows a resumed request without its state: its window would restart).
+            victim = rng.choice(running)
+            running.remove(victim)
+            driver.remove(victim)
+            waiting.insert(0, victim)
         while waiting and len(running) < capacity:
             req = waiting.pop(0)
             driver.add(req)

@@ -514,6 +514,8 @@ class ConfidenceComponent(SlotComponent):
         n, dev = env.num_slots, env.device
         self.members_np = np.zeros(n, dtype=bool)
         self.top_k_np = np.zeros(n, dtype=np.int64)  # host copy: the step's top-k width without a sync
+        self.requests: list[ConfidenceMember | None] = [None] * n  # host copy: snapshots without a sync
+        self.unit_temperature_np = np.ones(n, dtype=bool)  # host: no temperature pass when every row's is 1
         # Device state per slot: parameters, then the window: a ring of the last `window` confidences
         # ([n, W], W = the largest window admitted), their running sum, how many positions it holds, the next
         # position expected, and the lowest full-window mean seen (inf until a window is full).
@@ -593,11 +595,16 @@ class ConfidenceComponent(SlotComponent):
                 getattr(self, name)[index] = value
         self.members_np[list(slots)] = True
         self.top_k_np[list(slots)] = [m.spec.top_k for m in requests]
+        for slot, request in zip(slots, requests, strict=True):
+            self.requests[slot] = request
+            self.unit_temperature_np[slot] = request.inv_temperature == 1.0
 
     def release(self, slots, outputs=None) -> None:
         gone = [s for s in slots if self.members_np[s]]
         if gone:
             self.members_np[gone] = False
+            for slot in gone:
+                self.requests[slot] = None
             self.member[self._to_device(np.asarray(gone, dtype=np.int64))] = False
 
     def permute(self, source: np.ndarray) -> None:
@@ -609,24 +616,22 @@ class ConfidenceComponent(SlotComponent):
             setattr(self, name, getattr(self, name)[index])
         self.members_np = self.members_np[src] & ~empty
         self.top_k_np = self.top_k_np[src]
+        self.unit_temperature_np = self.unit_temperature_np[src]
+        self.requests = [None if empty[i] else self.requests[src[i]] for i in range(self.env.num_slots)]
         if empty.any():
             self.member[self._to_device(np.flatnonzero(empty))] = False
 
     def snapshot(self, slot: int) -> object | None:
         if not self.members_np[slot]:
             return None
-        request = ConfidenceMember(
-            spec=ConfidenceRequest(
-                float(self.threshold[slot]), int(self.window[slot]), int(self.top_k[slot])
-            ),
-            inv_temperature=float(self.inv_temperature[slot]),
-            stop_token=int(self.stop_token[slot]),
-            marked=bool(self.marked[slot]),
-        )
+        request = self.requests[slot]
         return request, {name: getattr(self, name)[slot].clone() for name in self._RUN_STATE}
 
     def restore(self, slot: int, snap: object) -> None:
         request, state = snap  # type: ignore[misc]
+        ring = state["ring"]
+        if ring.shape[0] < self.ring.shape[1]:  # the ring grew meanwhile (a wider window was admitted)
+            state = dict(state, ring=torch.cat([ring, ring.new_zeros(self.ring.shape[1] - ring.shape[0])]))
         self.admit([slot], [request], [None], restored=state)
 
     def observe(self, slots, tokens, positions, valid, infer_injections: bool = False) -> None:
@@ -650,8 +655,12 @@ class ConfidenceComponent(SlotComponent):
         stop_rows[rows] = stop
         self._stop_rows = stop_rows
         self.stopped[s] = self.stopped[s] | stop
+        # Every row a member: the rows in order (V1: batch index = slot, ascending; V2: all rows), no gather.
+        view = logits if picked.size == logits.shape[0] else logits[rows]
+        unit = self.unit_temperature_np[slots_np[picked]].all()
+        k_max = int(self.top_k_np[slots_np[picked]].max())
         confidence = token_confidence(
-            logits[rows], self.inv_temperature[s], self.top_k[s], int(self.top_k_np[slots_np[picked]].max())
+            view, None if unit else self.inv_temperature[s], self.top_k[s], k_max
         ).to(torch.float64)
         # Append position `next_pos`, redo position `next_pos - 1` (a discarded step), restart on any other.
         redo = (position == self.next_pos[s] - 1) & (self.count[s] > 0)

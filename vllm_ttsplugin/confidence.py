@@ -113,20 +113,22 @@ def parse_confidence_args(
 
 # -- per step, batched (the processor) ----------------------------------------------------------------------------
 def token_confidence(
-    logits: torch.Tensor, inv_temperature: torch.Tensor, top_k: torch.Tensor, k_max: int | None = None
+    logits: torch.Tensor, inv_temperature: torch.Tensor | None, top_k: torch.Tensor, k_max: int | None = None
 ) -> torch.Tensor:
     """[rows] token confidence of each row's next-token distribution (no host sync).
 
     Args:
         logits: [rows, vocab] logits before temperature.
-        inv_temperature: [rows] 1 / temperature.
+        inv_temperature: [rows] 1 / temperature; None when every row's is 1 (saves a pass over the logits).
         top_k: [rows] int k per row (>= 1, <= vocab).
         k_max: an upper bound of `top_k` known on the host (read from `top_k` when None: a sync off the CPU).
 
     Returns:
         [rows] float32 ``logsumexp(z) - mean(top-k of z)`` with ``z = logits / T``, i.e. ``-mean(top-k log p)``.
     """
-    scaled = logits.to(torch.float32) * inv_temperature.to(torch.float32).unsqueeze(1)
+    scaled = logits.to(torch.float32)
+    if inv_temperature is not None:
+        scaled = scaled * inv_temperature.to(torch.float32).unsqueeze(1)
     k_max = int(top_k.max()) if k_max is None else k_max
     top = scaled.topk(min(k_max, scaled.shape[1]), dim=1).values
     keep = torch.arange(top.shape[1], device=top.device).unsqueeze(0) < top_k.unsqueeze(1)

@@ -299,8 +299,11 @@ class _V1Adapter:
         for slot in batch_update.removed:
             self._leave(slot, stash=True)
         admit: list[tuple[int, list[object | None], Any]] = []
-        for slot, params, prompt_ids, output_ids in batch_update.added:
+        # Every overwritten slot's occupant leaves first: a request moved by one update from one index to another
+        # (removed at one, re-added at another) finds its stash entry.
+        for slot, *_ in batch_update.added:
             self._leave(slot, stash=True)
+        for slot, params, prompt_ids, output_ids in batch_update.added:
             stashed = self._stash.pop(id(output_ids), None)
             if stashed is not None and stashed[0] is output_ids and len(output_ids) >= stashed[1]:
                 _, observed, snaps, requests, prompt = stashed
