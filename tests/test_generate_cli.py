@@ -220,7 +220,8 @@ def test_the_command_end_to_end_prints_pure_json(tiny_model_dir, tmp_path):
     import sys
 
     (tmp_path / "tiny-reasoning-model-seed0").symlink_to(tiny_model_dir)  # what ensure_tiny_model would build
-    argv = ["generate", "--workdir", str(tmp_path), "--max-think", "5", "--max-tokens", "9", "--json"]
+    argv = ["generate", "--tiny-random", "--workdir", str(tmp_path), "--max-think", "5", "--max-tokens", "9"]
+    argv.append("--json")
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     out = subprocess.run(
         [sys.executable, "-m", "ttsplugin", *argv], capture_output=True, text=True, timeout=300, env=env

@@ -17,16 +17,16 @@ def _add_demo(subparsers) -> None:
         "demo",
         help="run the features end to end on the embedded tiny models (or on models you pass)",
         description=(
-            "Build the tiny reasoning model and the tiny FLUX pipeline locally (nothing is downloaded), load "
-            "the reasoning model into a real vllm.LLM and generate, then run the FLUX pipeline, printing what "
+            "Load the embedded reasoner (a tiny model trained here, shipped in the package) into a real vllm.LLM "
+            "and solve test problems with and without each control (budget forcing, waits, TS, First Finish "
+            "Search), then build the tiny FLUX pipeline locally (nothing is downloaded) and run it, printing what "
             "each step did. Pass --model / --pipeline to use your own checkpoints instead."
         ),
     )
     p.add_argument(
         "--model",
         default=None,
-        help="Hugging Face folder or hub id of a reasoning model for vLLM (default: the tiny model, built "
-        "under --workdir)",
+        help="Hugging Face folder or hub id of a reasoning model for vLLM (default: the embedded reasoner)",
     )
     p.add_argument(
         "--pipeline",
@@ -50,6 +50,12 @@ def _add_demo(subparsers) -> None:
         type=positive_int,
         default=32,
         help="independent searches per point of the search curves, shown as mean ± s.e.m. (default: 32)",
+    )
+    p.add_argument(
+        "--problems",
+        type=positive_int,
+        default=16,
+        help="test problems the embedded reasoner solves per setting (default: 16)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for models and sampling (default: 0)")
     p.add_argument(

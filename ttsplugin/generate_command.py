@@ -30,7 +30,7 @@ FLAG_OF_KEY = {
     key: "--" + dest.replace("_", "-")
     for dest, key in {**THINKING_FLAGS, **FIRST_FINISH_FLAGS, **CONFIDENCE_FLAGS}.items()
 }
-DEFAULT_PROMPT = "What is 17 + 25?"
+DEFAULT_PROMPT = "47+5-8+3"  # a question of the embedded reasoner's task
 
 
 def add_generate_parser(subparsers) -> None:
@@ -43,11 +43,19 @@ def add_generate_parser(subparsers) -> None:
             "(s1/m1 budget forcing, temperature-scaled end-of-think) and First Finish Search set per request from "
             "the flags below (each flag is the per-request key of the same name, e.g. --max-think = tts_max_think). "
             "Prints every completion with its thinking report (thinking tokens, waits injected, how thinking ended) "
-            "and, with --first-finish, which samples won. Without --model the tiny reasoning model is built locally "
-            "(random weights: the text is gibberish, the token accounting is real)."
+            "and, with --first-finish, which samples won. Without --model the embedded reasoner is used (a tiny model "
+            "trained here on arithmetic chains such as 47+5-8+3); --tiny-random builds the random-weight tiny "
+            "model instead (gibberish text, real token accounting)."
         ),
     )
-    p.add_argument("--model", default=None, help="Hugging Face folder or hub id (default: the tiny model)")
+    p.add_argument(
+        "--model", default=None, help="Hugging Face folder or hub id (default: the embedded reasoner)"
+    )
+    p.add_argument(
+        "--tiny-random",
+        action="store_true",
+        help="use the random-weight tiny model (built under --workdir) instead of the embedded reasoner",
+    )
     p.add_argument(
         "--prompt",
         action="append",
@@ -292,6 +300,15 @@ def print_record(record: dict[str, Any]) -> None:
     print(f"\n{record['total_tokens']} tokens in {record['seconds']:.2f} s")
 
 
+def default_model(args: argparse.Namespace) -> str:
+    """The model without --model: the embedded reasoner, or the random tiny one with --tiny-random."""
+    if args.tiny_random:
+        return str(ensure_tiny_model(_workdir(args), seed=0))
+    from vllm_ttsplugin.reasoner import model_dir
+
+    return str(model_dir())
+
+
 def run_generate_command(args: argparse.Namespace) -> int:
     try:
         request_extra_args(args)  # fail before loading anything
@@ -301,7 +318,7 @@ def run_generate_command(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the record (JSON with --json)
-        model = args.model or str(ensure_tiny_model(_workdir(args), seed=0))
+        model = args.model or default_model(args)
 
     from vllm import LLM
     from vllm.exceptions import VLLMValidationError
