@@ -86,9 +86,9 @@ def row(name: str, n: int, correct: list[bool], tokens: list[int], seconds: floa
 def main(argv=None) -> int:
     args = parse_args(argv)
     from vllm import LLM, SamplingParams
-    from vllm_ttsplugin.reasoner import extract_answer, make_problems, model_dir
 
     from vllm_ttsplugin import TTSLogitsProcessor, deep_conf, first_finish_vote, majority_vote_all
+    from vllm_ttsplugin.reasoner import extract_answer, make_problems, model_dir
 
     def answer_of(text: str) -> str | None:
         value = extract_answer(text)
