@@ -329,22 +329,27 @@ def deep_conf(
     _check_logprobs_mode(engine, params[0])
     for p in params:
         p.logprobs = max(p.logprobs or 0, o["top_k"])
-        p.output_kind = RequestOutputKind.DELTA
     marker = first_finish_marker(llm) if hasattr(llm, "get_tokenizer") else None
     races = [_Prompt(prompt, n) for prompt in prompt_list]
     inputs = [_render(engine, prompt) for prompt in prompt_list]
     bar = _progress(len(races), o["use_tqdm"])
     prefix = f"deepconf-{id(races):x}"
 
-    def add(indices: Sequence[int], extra: dict[str, Any] | None, skip: set[int] = frozenset()) -> dict:
+    def add(
+        indices: Sequence[int],
+        extra: dict[str, Any] | None,
+        skip: set[int] = frozenset(),
+        each_step: bool = False,
+    ) -> dict:
+        """Add these traces of every prompt not in `skip`; outputs every step only where the caller reads them."""
         where = {}
         for p, race in enumerate(races):
             if p in skip:
                 continue
             for i in indices:
-                sample = params[i]
+                sample = params[i].clone()
+                sample.output_kind = RequestOutputKind.DELTA if each_step else RequestOutputKind.FINAL_ONLY
                 if extra is not None:
-                    sample = sample.clone()
                     sample.extra_args = {**(sample.extra_args or {}), **extra, THRESHOLD_KEY: race.threshold}
                 request_id = f"{prefix}-{p}-{i}"
                 engine.add_request(request_id, inputs[p], sample)
@@ -377,7 +382,8 @@ def deep_conf(
             for p in done:
                 races[p].converged = True
         if warmup < n:
-            where = add(range(warmup, n), {WINDOW_KEY: o["window"], TOP_K_KEY: o["top_k"]}, done)
+            keys = {WINDOW_KEY: o["window"], TOP_K_KEY: o["top_k"]}
+            where = add(range(warmup, n), keys, done, each_step=o["consensus"] is not None)
 
             seen = {p: -1 for p in range(len(races))}
 
