@@ -735,10 +735,16 @@ def test_first_finish_plugs_in_as_a_slot_component_and_wins(monkeypatch, vocab, 
     wins over a forced end delimiter on the same row."""
     import copy
 
-    from vllm_ttsplugin.components import COMPONENTS, FirstFinishComponent, SlotComponent, ThinkingComponent
+    from vllm_ttsplugin.components import (
+        COMPONENTS,
+        ConfidenceComponent,
+        FirstFinishComponent,
+        SlotComponent,
+        ThinkingComponent,
+    )
     from vllm_ttsplugin.ffs import find_marker_token, validate_first_finish_params
 
-    assert [ThinkingComponent, FirstFinishComponent] == COMPONENTS
+    assert [ThinkingComponent, FirstFinishComponent, ConfidenceComponent] == COMPONENTS
     assert all(issubclass(c, SlotComponent) for c in COMPONENTS)
     use_vocab(monkeypatch, vocab)
     parent = _params(tts_max_think=1, tts_first_finish=1, tts_eos_in_thinking="stop")

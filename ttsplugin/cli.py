@@ -17,16 +17,16 @@ def _add_demo(subparsers) -> None:
         "demo",
         help="run the features end to end on the embedded tiny models (or on models you pass)",
         description=(
-            "Build the tiny reasoning model and the tiny FLUX pipeline locally (nothing is downloaded), load "
-            "the reasoning model into a real vllm.LLM and generate, then run the FLUX pipeline, printing what "
+            "Load the embedded reasoner (a tiny model trained here, shipped in the package) into a real vllm.LLM "
+            "and solve test problems with and without each control (budget forcing, waits, TS, First Finish "
+            "Search), then build the tiny FLUX pipeline locally (nothing is downloaded) and run it, printing what "
             "each step did. Pass --model / --pipeline to use your own checkpoints instead."
         ),
     )
     p.add_argument(
         "--model",
         default=None,
-        help="Hugging Face folder or hub id of a reasoning model for vLLM (default: the tiny model, built "
-        "under --workdir)",
+        help="Hugging Face folder or hub id of a reasoning model for vLLM (default: the embedded reasoner)",
     )
     p.add_argument(
         "--pipeline",
@@ -50,6 +50,12 @@ def _add_demo(subparsers) -> None:
         type=positive_int,
         default=32,
         help="independent searches per point of the search curves, shown as mean ± s.e.m. (default: 32)",
+    )
+    p.add_argument(
+        "--problems",
+        type=positive_int,
+        default=16,
+        help="test problems the embedded reasoner solves per setting (default: 16)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for models and sampling (default: 0)")
     p.add_argument(
@@ -90,6 +96,19 @@ def _add_generate(subparsers) -> None:
     add_generate_parser(subparsers)
 
 
+def _add_reasoner(subparsers) -> None:
+    from ttsplugin.reasoner_commands import add_eval_parser, add_train_parser
+
+    add_train_parser(subparsers)
+    add_eval_parser(subparsers)
+
+
+def _add_train_flow(subparsers) -> None:
+    from ttsplugin.train_flow_command import add_train_flow_parser
+
+    add_train_flow_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ttsplugin",
@@ -101,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_generate(subparsers)
     _add_search(subparsers)
+    _add_reasoner(subparsers)
+    _add_train_flow(subparsers)
     return parser
 
 

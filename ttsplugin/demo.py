@@ -70,11 +70,18 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
 
 
 def demo_llm(args: argparse.Namespace, workdir: Path) -> None:
-    """One vLLM engine with `TTSLogitsProcessor`: plain generation, thinking control, then First Finish Search."""
-    _header("vLLM")
+    """One vLLM engine with `TTSLogitsProcessor`: the embedded reasoner's accuracy with and without each control;
+    with --model, plain generation, thinking control, then First Finish Search on the user's model."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the demo prints its own account of each step
-    model = args.model or str(ensure_tiny_model(workdir, args.seed))
+    if not args.model:
+        _header("vLLM: the embedded reasoner, with and without each test-time control")
+        from vllm_ttsplugin.reasoner.demo import run_reasoner_demo
+
+        run_reasoner_demo(num_problems=getattr(args, "problems", 16), seed=args.seed)
+        return
+    _header("vLLM")
+    model = args.model
 
     from vllm import LLM, SamplingParams
 

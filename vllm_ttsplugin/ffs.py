@@ -107,6 +107,7 @@ __all__ = [
     "is_first_finish_stopped",
     "member_outcome",
     "parse_first_finish_args",
+    "stamp_stop_marker",
     "validate_first_finish_params",
 ]
 
@@ -327,14 +328,29 @@ def validate_first_finish_params(params: SamplingParams) -> None:
     # prompt of one LLM.generate call, validated in turn with the same params object, gets its own race.
     extra_args = {k: v for k, v in params.extra_args.items() if k not in STAMPED_KEYS}
     extra_args.update({RACE_ID_KEY: race, RACE_SIZE_KEY: int(n)})
-    marker = _admission_marker(context)
-    if marker is not None:
-        extra_args[MARKER_KEY] = marker
-        stop_token_ids = list(params.stop_token_ids or ())
-        if marker not in stop_token_ids:
-            params.stop_token_ids = [*stop_token_ids, marker]
-            params.all_stop_token_ids.add(marker)  # vLLM's min_tokens mask reads this set
     params.extra_args = extra_args
+    stamp_stop_marker(params, context)
+
+
+def stamp_stop_marker(params: SamplingParams, context: Any = None) -> int | None:
+    """Make the marker token a stop token of `params` and record it in ``extra_args`` (a new dict); returns it.
+
+    The admission step of every control that stops samples in-engine (First Finish, the confidence stop): the
+    processor forces the marker on a sample it stops, and the engine core ends the sample there. None when the
+    model has no single marker token (nothing stamped).
+    """
+    # A new dict (the caller's may be shared); a marker a client sent is never taken over.
+    extra_args = {k: v for k, v in (params.extra_args or {}).items() if k != MARKER_KEY}
+    params.extra_args = extra_args
+    marker = _admission_marker(context if context is not None else _admission_context())
+    if marker is None:
+        return None
+    extra_args[MARKER_KEY] = marker
+    stop_token_ids = list(params.stop_token_ids or ())
+    if marker not in stop_token_ids:
+        params.stop_token_ids = [*stop_token_ids, marker]
+        params.all_stop_token_ids.add(marker)  # vLLM's min_tokens mask reads this set
+    return marker
 
 
 def _race_key(
@@ -358,7 +374,7 @@ def _race_size(extra_args: dict[str, Any], spec: FirstFinishRequest) -> int | No
     return size
 
 
-def _stamped_marker(params: SamplingParams, vocab_size: int | None) -> int | None:
+def stamped_marker(params: SamplingParams, vocab_size: int | None) -> int | None:
     """The marker token admission stamped (and appended to ``stop_token_ids``), if any."""
     marker = (params.extra_args or {}).get(MARKER_KEY)
     if isinstance(marker, bool) or not isinstance(marker, int) or marker < 0:
@@ -625,7 +641,7 @@ class FirstFinishMember:
         spec = parse_first_finish_args(params.extra_args)
         if spec is None:
             return None
-        marker = _stamped_marker(params, vocab_size)
+        marker = stamped_marker(params, vocab_size)
         stop_ids = _natural_stop_ids(params, marker)
         if not stop_ids and marker is None:
             return None  # nothing can end this sample; validate_params rejects this case at admission

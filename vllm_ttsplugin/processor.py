@@ -338,8 +338,11 @@ class _V1Adapter:
         for slot in batch_update.removed:
             self._leave(slot, stash=True)
         admit: list[tuple[int, list[object | None], Any]] = []
-        for slot, params, prompt_ids, output_ids in batch_update.added:
+        # Every overwritten slot's occupant leaves first: a request moved by one update from one index to another
+        # (removed at one, re-added at another) finds its stash entry.
+        for slot, *_ in batch_update.added:
             self._leave(slot, stash=True)
+        for slot, params, prompt_ids, output_ids in batch_update.added:
             stashed = self._stash.pop(id(output_ids), None)
             if stashed is not None and stashed[0] is output_ids and len(output_ids) >= stashed[1]:
                 _, observed, snaps, requests, prompt = stashed
@@ -414,6 +417,8 @@ class _V1Adapter:
         for comp in self.components:
             comp.observe(slots, token_t, out_len - 1, valid)
         self.observed[slots_np] = lengths
+        for comp in self.components:
+            comp.inspect(logits, slots, slots_np, out_len, slots)
         for comp in self.components:
             logits = comp.apply(logits, slots, slots_np, out_len, slots)
         return logits
@@ -544,6 +549,8 @@ class _V2Adapter:
         rs = self.req_states
         slots = ctx.expanded_idx_mapping.long()
         out_len = rs.total_len.gpu[slots].long() - rs.prompt_len.gpu[slots].long()
+        for comp in self.components:
+            comp.inspect(logits, slots, idx_np, out_len, None)
         for comp in self.components:
             logits = comp.apply(logits, slots, idx_np, out_len, None)
         return logits

@@ -15,7 +15,8 @@ processor cannot do this part: it runs in the engine core and sees neither HTTP 
 - makes results readable by a plain OpenAI client (no vLLM-specific field needed), for requests with ``tts_*``
   keys: each choice gets a ``tts`` object with its thinking report (`vllm_ttsplugin.report.ThinkingReport` as
   JSON) and, with First Finish, ``first_finish`` (``"winner"``, ``"stopped"`` or ``"unfinished"``) and the
-  winners' ``rank`` (finishing order); samples FFS stopped get ``finish_reason="abort"`` instead of ``"stop"``;
+  winners' ``rank`` (finishing order); with a ``tts_confidence_threshold``, ``confidence`` (``"stopped"`` or
+  ``"kept"``); samples FFS or the confidence rule stopped get ``finish_reason="abort"`` instead of ``"stop"``;
   and in a non-streamed response the winners come first, in finishing order (``choices[0]`` is the first
   finisher; each choice keeps its ``index``). To compute reports it asks vLLM for token ids and removes them
   again when the client did not ask for them (``return_token_ids``);
@@ -34,6 +35,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from vllm_ttsplugin.confidence import THRESHOLD_KEY
 from vllm_ttsplugin.config import KEY_PREFIX, ThinkingConfig
 from vllm_ttsplugin.ffs import (
     FFS_MARKER_TEXT,
@@ -63,6 +65,9 @@ ROUTES = {
 # Finish reason of the samples First Finish stopped (vLLM's own word for a request ended from outside; the
 # engine-level `vllm_ttsplugin.first_finish` reports its aborted losers the same way).
 STOPPED_FINISH_REASON = "abort"
+CONFIDENCE_STATUS = (
+    "confidence"  # key of a choice's `tts` report: "stopped" by the confidence rule, or "kept"
+)
 # vLLM's header naming the data-parallel engine of a request (a router may set it).
 DP_RANK_HEADER = b"x-data-parallel-rank"
 
@@ -193,11 +198,12 @@ class _ResponseView:
         self.keep_token_ids = bool(payload.get("return_token_ids"))
         self.n = int(payload.get("n") or 1)
         self.ffs = FIRST_FINISH_KEY in xargs or GROUP_KEY in xargs
+        self.confidence = THRESHOLD_KEY in xargs
         engine = state.engine_client
         tokenizer = engine.get_tokenizer()
         vocab_size = engine.model_config.get_vocab_size()
         self.vocab = vocab_for(tokenizer, vocab_size) if tokenizer is not None else None
-        self.marker = find_marker_token(tokenizer, vocab_size) if self.ffs else None
+        self.marker = find_marker_token(tokenizer, vocab_size) if self.ffs or self.confidence else None
         config = ThinkingConfig.from_extra_args(xargs, known_keys=tuple(xargs))
         self.thinking = config if config is not None and config.is_active and self.vocab is not None else None
         # Streaming state: prompt ids per prompt, generated ids per choice, natural finishes per prompt.
@@ -324,7 +330,7 @@ class _ResponseView:
 
         report: dict[str, Any] = {}
         stopped = (
-            self.ffs
+            (self.ffs or self.confidence)
             and self.marker is not None
             and choice.get("finish_reason") == "stop"
             and choice.get("stop_reason") == self.marker
@@ -338,6 +344,13 @@ class _ResponseView:
                 report[FIRST_FINISH_STATUS] = "winner"
             else:
                 report[FIRST_FINISH_STATUS] = "unfinished"
+        if self.confidence:
+            # The marker ends samples of either stop; with both controls on, First Finish's report says which
+            # samples won, and this one that the sample was stopped early.
+            report[CONFIDENCE_STATUS] = "stopped" if stopped else "kept"
+            if stopped:
+                choice["finish_reason"] = STOPPED_FINISH_REASON
+                _strip_marker(choice)
         if self.thinking is not None:
             generated = tokens[:-1] if stopped and tokens and tokens[-1] == self.marker else tokens
             thinking = report_tokens(generated, prompt_ids, self.thinking, self.vocab)
