@@ -1,7 +1,7 @@
 """The LLM papers' accuracy-vs-compute curves on the embedded reasoner (s1, m1, TS, First Finish Search).
 
-Runs `ttsplugin eval` (vllm_ttsplugin.reasoner.curves) and writes results.json, the PNG plots and a markdown
-table (reasoning_curves.md) to --out; the committed copy is benchmarks/results/reasoning/.
+Runs `ttsplugin eval` (vllm_ttsplugin.reasoner.curves) and writes results.json, the PNG plots and the markdown
+tables (reasoning_curves.md) to --out; the committed copy is benchmarks/results/reasoning/.
 
     python benchmarks/reasoning_curves.py --problems 500 --out benchmarks/results/reasoning
 """
@@ -12,60 +12,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
-
-
-def _pct(row: dict) -> str:
-    lo, hi = row["ci95"]
-    return f"{100 * row['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
-
-
-def markdown(results: dict) -> str:
-    """The tables of BENCHMARKS.md for these results."""
-    lines = [
-        f"Test split, {results['num_problems']} problems (seed {results['seed']}), {results['engine']}; "
-        f"median natural thinking length (greedy) {results['median_natural_thinking_tokens']:g} tokens. "
-        "Accuracy in % with 95 % Wilson intervals.",
-        "",
-        "| arm | setting | accuracy % [95 % CI] | mean thinking tokens | mean generated tokens | waits | s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for group, rows in results["arms"].items():
-        for r in rows:
-            lines.append(
-                f"| {group} | {r['name']} | {_pct(r)} | {r['mean_thinking_tokens']:.1f} ± "
-                f"{r['sem_thinking_tokens']:.1f} | {r['mean_generated_tokens']:.1f} | {r['mean_waits']:.2f} | "
-                f"{r['seconds']:.1f} |"
-            )
-    search = results["search"]
-    lines += [
-        "",
-        f"Search at temperature {search['temperature']} (sample i seeded seed + i; the same samples for "
-        "majority@n and FFS):",
-        "",
-        "| method | n | accuracy % [95 % CI] | generated tokens per problem | wall s |",
-        "|---|---|---|---|---|",
-    ]
-    for r in search["rows"]:
-        seconds = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        lines.append(
-            f"| {r['method']} | {r['n']} | {_pct(r)} | {r['mean_generated_tokens']:.1f} | {seconds} |"
-        )
-    premise = search.get("length_vs_correctness")
-    if premise:
-        ranks = premise["accuracy_by_length_rank"]
-        lines += [
-            "",
-            f"Length vs correctness ({premise['n']} samples per problem, rank 0 = shortest): "
-            + ", ".join(f"rank {i}: {100 * r['accuracy']:.1f} %" for i, r in enumerate(ranks))
-            + f". Mean tokens of correct samples {premise['mean_tokens_correct'][0]:.1f} ± "
-            f"{premise['mean_tokens_correct'][1]:.1f}, of wrong ones {premise['mean_tokens_wrong'][0]:.1f} ± "
-            f"{premise['mean_tokens_wrong'][1]:.1f}.",
-        ]
-    lines += ["", "Greedy accuracy by operations: " + ", ".join(
-        f"{k}: {_pct(v)}" for k, v in results["accuracy_by_steps_greedy"].items()
-    )]  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,10 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model, num_problems=args.problems, seed=args.seed, quick=args.quick,
         log=lambda line: print(line, flush=True),
     )  # fmt: skip
-    paths = write_results(results, args.out)
-    table = Path(args.out) / "reasoning_curves.md"
-    table.write_text(markdown(results))
-    for path in [*paths, table]:
+    for path in write_results(results, args.out):
         print(f"wrote {path}")
     print(f"took {time.perf_counter() - start:.0f} s")
     return 0

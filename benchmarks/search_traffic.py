@@ -105,14 +105,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     flow, reward = toy_problem()
-    run(
-        "analytic flow (rare-mode reward)",
-        flow,
-        reward,
-        [f"seed {i}" for i in range(args.seeds)],
-        args,
-        args.temperature,
-    )
+    if args.seeds:
+        run(
+            "analytic flow (rare-mode reward)",
+            flow,
+            reward,
+            [f"seed {i}" for i in range(args.seeds)],
+            args,
+            args.temperature,
+        )
     if args.flux_seeds:
         from diffusers_ttsplugin.rewards import BrightnessReward
         from diffusers_ttsplugin.testing import build_tiny_flux_pipeline

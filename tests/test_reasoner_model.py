@@ -94,3 +94,30 @@ def test_vllm_greedy_matches_transformers_token_for_token_and_the_accuracy(hf_gr
     ]
     correct = sum(grade(o.outputs[0].text, p) for o, p in zip(outputs, slice_problems, strict=True))
     assert correct / SLICE >= card_accuracy() - MARGIN
+
+
+@pytest.mark.vllm
+def test_eval_command_writes_results_with_intervals_and_plots(tmp_path):
+    """`ttsplugin eval --quick` end to end in its own process (its own engine): JSON, CIs, plots."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval"
+    argv = [sys.executable, "-m", "ttsplugin", "eval", "--quick", "--problems", "6", "--out", str(out)]
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_problems"] == 6 and results["split"] == "test"
+    rows = [r for group in results["arms"].values() for r in group] + results["search"]["rows"]
+    assert {"no_control", "max_budget", "forced_waits", "min_budget", "ts_end_bias"} <= set(results["arms"])
+    for row in rows:
+        lo, hi = row["ci95"]
+        assert row["n"] >= 6 and 0 <= lo <= row["accuracy"] <= hi <= 1
+    budgets = {r["settings"]["tts_max_think"]: r for r in results["arms"]["max_budget"]}
+    for budget, row in budgets.items():  # the max budget is exact: no completion thinks longer
+        assert row["mean_thinking_tokens"] <= budget
+    waits = results["arms"]["forced_waits"]
+    assert [r["mean_waits"] for r in waits][:2] == [0.0, 1.0]  # every greedy completion tries to end once
+    for name in ("thinking_control.png", "forced_waits.png", "first_finish.png", "length_vs_correctness.png"):
+        assert (out / name).stat().st_size > 1000

@@ -31,10 +31,15 @@ def add_train_flow_parser(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (created; existing files are overwritten)")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of everything (default: 0)")
-    p.add_argument("--flow-steps", type=positive_int, default=None, help="flow-matching steps (default: 1600)")
+    p.add_argument(
+        "--flow-steps", type=positive_int, default=None, help="flow-matching steps (default: 1600)"
+    )
     p.add_argument("--vae-steps", type=positive_int, default=None, help="VAE steps (default: 400)")
     p.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads (default: 1, best on a shared CPU)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: 1, best on a shared CPU)",
     )
     p.set_defaults(func=_run)
 

@@ -19,7 +19,11 @@ processor cannot do this part: it runs in the engine core and sees neither HTTP 
   ``"kept"``); samples FFS or the confidence rule stopped get ``finish_reason="abort"`` instead of ``"stop"``;
   and in a non-streamed response the winners come first, in finishing order (``choices[0]`` is the first
   finisher; each choice keeps its ``index``). To compute reports it asks vLLM for token ids and removes them
-  again when the client did not ask for them (``return_token_ids``).
+  again when the client did not ask for them (``return_token_ids``);
+- under data parallelism, sends each First Finish request to one engine core (round robin over the engines the
+  server balances, via vLLM's ``X-data-parallel-rank`` header, unless the client set it): vLLM would otherwise
+  spread the n samples of a request over the engines, where a race cannot see its siblings (admission refuses
+  such a request; see `vllm_ttsplugin.ffs`).
 
 Requests without ``tts_*`` keys pass through untouched (their bodies are not even parsed twice: only read).
 """
@@ -64,6 +68,8 @@ STOPPED_FINISH_REASON = "abort"
 CONFIDENCE_STATUS = (
     "confidence"  # key of a choice's `tts` report: "stopped" by the confidence rule, or "kept"
 )
+# vLLM's header naming the data-parallel engine of a request (a router may set it).
+DP_RANK_HEADER = b"x-data-parallel-rank"
 
 __all__ = ["STOPPED_FINISH_REASON", "TTSMiddleware"]
 
@@ -73,6 +79,7 @@ class TTSMiddleware:
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
+        self._next_engine = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in ROUTES:
@@ -104,8 +111,22 @@ class TTSMiddleware:
         view = _ResponseView(scope["path"], payload, xargs, state)
         payload["return_token_ids"] = True
         body = json.dumps(payload).encode()
-        scope = dict(scope, headers=_with_content_length(scope.get("headers", []), len(body)))
+        headers = _with_content_length(scope.get("headers", []), len(body))
+        if FIRST_FINISH_KEY in xargs or GROUP_KEY in xargs:
+            headers = self._with_engine(headers, state)
+        scope = dict(scope, headers=headers)
         await self.app(scope, _replay(body, receive), view.wrap(send))
+
+    def _with_engine(self, headers: list[tuple[bytes, bytes]], state: Any) -> list[tuple[bytes, bytes]]:
+        """All samples of the request's races in one data-parallel engine (round robin over the engines)."""
+        from vllm_ttsplugin.processor import load_balanced_engines
+
+        config = getattr(state, "vllm_config", None)
+        engines = load_balanced_engines(getattr(config, "parallel_config", None))
+        if engines <= 1 or any(k.lower() == DP_RANK_HEADER for k, _ in headers):
+            return headers
+        rank, self._next_engine = self._next_engine % engines, self._next_engine + 1
+        return [*headers, (DP_RANK_HEADER, str(rank).encode())]
 
 
 # ----------------------------------------------------------------------------------------------------------------

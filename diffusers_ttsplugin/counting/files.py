@@ -10,6 +10,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PIPELINE_DIR = WEIGHTS_DIR / "pipeline"
 MATCHING_FILE = WEIGHTS_DIR / "matching.safetensors"
 MODEL_CARD = WEIGHTS_DIR / "MODEL_CARD.md"
+CARD_FILE = WEIGHTS_DIR / "card.json"  # the card's figures, read by the guard test
 
 #: Files `save_pretrained` writes for the counting pipeline (what `load_pipeline` checks before loading).
 PIPELINE_FILES = (
@@ -23,7 +24,7 @@ PIPELINE_FILES = (
     "text_encoder/model.safetensors",
     "text_encoder_2/config.json",
     "text_encoder_2/model.safetensors",
-    "tokenizer/vocab.json",
+    "tokenizer/tokenizer_config.json",
     "tokenizer_2/tokenizer.json",
 )
 

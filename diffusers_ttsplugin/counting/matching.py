@@ -82,7 +82,7 @@ def train_matching(
     configs = [_random_counts(rng) for _ in range(num_images)]
     images = torch.from_numpy(render_batch(configs, seed + 3)).float()
     labels = torch.tensor([[min(c[k], NUM_CLASSES - 1) for k in KIND_NAMES] for c in configs])
-    held = 2000
+    held = min(2000, num_images // 5)
     gen = torch.Generator().manual_seed(seed + 4)
     torch.manual_seed(seed + 5)
     net = CountNet()

@@ -37,6 +37,7 @@ class TrainConfig:
     eval_every: int = 250  # log the EMA model's counting accuracy on 48 test prompts (10 Euler steps)
     matching_steps: int = 1500
     matching_batch: int = 64
+    matching_images: int = 30_000
     threads: int = 1  # on a shared CPU one thread per process is fastest (no OpenMP spinning)
 
 
@@ -210,7 +211,11 @@ def train(out: str | Path, cfg: TrainConfig | None = None) -> dict:
     from .matching import save_matching, train_matching
 
     net, matching = train_matching(
-        steps=cfg.matching_steps, batch=cfg.matching_batch, seed=cfg.seed, log=lambda m: print(m, flush=True)
+        steps=cfg.matching_steps,
+        batch=cfg.matching_batch,
+        seed=cfg.seed,
+        num_images=cfg.matching_images,
+        log=lambda m: print(m, flush=True),
     )
     save_matching(net, out / "matching.safetensors")
     record = {

@@ -21,7 +21,14 @@ def run_reasoner_demo(num_problems: int = 16, seed: int = 0, log=print) -> dict:
     """Load the shipped reasoner into vLLM, solve `num_problems` test problems with and without each control."""
     from vllm_ttsplugin import first_finish, majority_vote_all
     from vllm_ttsplugin.reasoner.files import model_dir
-    from vllm_ttsplugin.reasoner.harness import answer_of, load_llm, prompts_for, run_arm, sampling_params
+    from vllm_ttsplugin.reasoner.harness import (
+        MAX_TOKENS,
+        answer_of,
+        load_llm,
+        prompts_for,
+        run_arm,
+        sampling_params,
+    )
     from vllm_ttsplugin.reasoner.task import make_problems
 
     start = time.perf_counter()
@@ -48,7 +55,10 @@ def run_reasoner_demo(num_problems: int = 16, seed: int = 0, log=print) -> dict:
     show("no control, greedy", greedy)
     show("no control, T=0.6", run_arm(llm, problems, "T=0.6", temperature=0.6, seed=seed))
     show(f"max budget tts_max_think={quarter}", run_arm(llm, problems, "max", {"tts_max_think": quarter}))
-    show("2 forced waits (s1)", run_arm(llm, problems, "w", {"tts_min_think": 350, "tts_max_waits": 2}))
+    show(
+        "2 forced waits (s1)",
+        run_arm(llm, problems, "w", {"tts_min_think": MAX_TOKENS - 50, "tts_max_waits": 2}),
+    )
     show("TS tts_end_bias=+4 (shorter)", run_arm(llm, problems, "ts+", {"tts_end_bias": 4.0}))
     show("TS tts_end_bias=-4 (longer)", run_arm(llm, problems, "ts-", {"tts_end_bias": -4.0}))
     prompts = prompts_for(llm, problems)

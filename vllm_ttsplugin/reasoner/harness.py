@@ -20,10 +20,10 @@ from typing import Any
 from vllm_ttsplugin.reasoner.stats import accuracy, mean_sem
 from vllm_ttsplugin.reasoner.task import Problem, extract_answer, grade
 
-MAX_TOKENS = 400  # far above any natural trace (8 steps with slips ~ 130 tokens); waits need room
+MAX_TOKENS = 300  # far above any natural trace (8 steps with slips ~ 130 tokens); waits need room
 
 
-def engine_kwargs(max_model_len: int = 1024, kv_cache_mib: int = 512, max_num_seqs: int = 256) -> dict:
+def engine_kwargs(max_model_len: int = 1024, kv_cache_mib: int = 768, max_num_seqs: int = 1024) -> dict:
     """`vllm.LLM` keyword arguments for evaluating the reasoner on CPU (see the module docstring)."""
     from vllm_ttsplugin.testing import small_engine_kwargs
 
