@@ -110,7 +110,7 @@ def test_loader_names_a_missing_or_corrupt_file(tmp_path):
     folder.mkdir()
     with pytest.raises(ReasonerFilesError, match="SHA256SUMS"):
         verify_model_dir(folder)
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+    for name in ("chat_template.jinja", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                  "tokenizer_config.json"):  # fmt: skip
         (folder / name).write_text(name)
     write_checksums(folder)
