@@ -9,8 +9,9 @@ processors. Every row is a controlled request, the mix a busy server would see: 
 wait text and an answer prefix, TS, greedy and sampled rows (half with top-p 0.95), EOS as an end attempt, a
 multi-token end delimiter on a quarter of the rows, and First Finish races of 8 on half the rows. The logits push
 the end token and EOS up so that waits, forced ends and decisions happen every few steps. One *step* is what the
-adapters call: `observe` (the previous token of every row) then `apply` (edit the logits), for ThinkingComponent
-and FirstFinishComponent. Between steps a token is sampled from the edited logits (not timed), so the state
+adapters call: `observe` (the previous token of every row), `inspect` (DeepConf's token confidence on every row,
+window 2048, top-20) then `apply` (edit the logits), for ThinkingComponent, FirstFinishComponent and
+ConfidenceComponent. Between steps a token is sampled from the edited logits (not timed), so the state
 machine runs through all its phases.
 
 Reported per B: median and p20/p80 of a step in microseconds (CUDA events, 200 steps after 20 warm-up steps),
@@ -42,7 +43,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vllm_ttsplugin.components import FirstFinishComponent, SlotEnv, ThinkingComponent  # noqa: E402
+from vllm_ttsplugin.components import (  # noqa: E402
+    ConfidenceComponent,
+    ConfidenceMember,
+    FirstFinishComponent,
+    SlotEnv,
+    ThinkingComponent,
+)
+from vllm_ttsplugin.confidence import ConfidenceRequest  # noqa: E402
 from vllm_ttsplugin.ffs import RACE_ID_KEY, RACE_SIZE_KEY, FirstFinishMember  # noqa: E402
 from vllm_ttsplugin.vocab import SamplingView, ThinkingSpec  # noqa: E402
 
@@ -96,17 +104,24 @@ def _member(i: int) -> FirstFinishMember:
     return FirstFinishMember.from_params(params, None)
 
 
+def _confident(i: int) -> ConfidenceMember:
+    """DeepConf's tracking with its defaults (window 2048, top-20), a threshold no window falls below."""
+    return ConfidenceMember(ConfidenceRequest(-1e9), inv_temperature=1.0 / 0.7, stop_token=EOS, marked=False)
+
+
 def build(batch: int, device: torch.device, prompts=None):
-    """The two components with `batch` admitted requests (prompts open in thinking), as the adapters admit them."""
+    """The three components with `batch` admitted requests (prompts open in thinking), as the adapters admit
+    them: every row under thinking control and confidence tracking, half of them in First Finish races."""
     env = SlotEnv(num_slots=batch, device=device, vocab=None, seed=0, pin_memory=device.type == "cuda")
-    thinking, ffs = ThinkingComponent(env), FirstFinishComponent(env)
+    thinking, ffs, confidence = ThinkingComponent(env), FirstFinishComponent(env), ConfidenceComponent(env)
     if prompts is None:
         prompts = make_prompts(batch, device)
     slots = list(range(batch))
     thinking.admit(slots, [_spec(i) for i in slots], prompts)
     racing = slots[: batch // 2]
     ffs.admit(racing, [_member(i) for i in racing], [None] * len(racing))
-    return [thinking, ffs]
+    confidence.admit(slots, [_confident(i) for i in slots], [None] * batch)
+    return [thinking, ffs, confidence]
 
 
 def make_prompts(batch: int, device: torch.device) -> list[torch.Tensor]:
@@ -129,6 +144,8 @@ def run_steps(components, batch, vocab, steps, device, generator, timer=None):
         start = timer() if timer else None
         for comp in components:
             comp.observe(slots, tokens, out_len - 1, valid)
+        for comp in components:
+            comp.inspect(logits, slots, slots_np, out_len, None)
         for comp in components:
             logits = comp.apply(logits, slots, slots_np, out_len, None)
         if timer:
@@ -217,10 +234,13 @@ def sync_check(batch, vocab, device, generator) -> str | None:
                     comp.release(half, None)
                 components[0].admit(half, [_spec(i + 1) for i in half], [prompts[i] for i in half])
                 components[1].admit(half, [_member(i + batch) for i in half], [None] * len(half))
+                components[2].admit(half, [_confident(i) for i in half], [None] * len(half))
             logits = logits_all[step % 4].clone()
             out_len = torch.full((batch,), 5 + step, dtype=torch.long, device=device)
             for comp in components:
                 comp.observe(slots, tokens, out_len - 1, valid)
+            for comp in components:
+                comp.inspect(logits, slots, slots_np, out_len, None)
             for comp in components:
                 logits = comp.apply(logits, slots, slots_np, out_len, None)
             tokens = logits.argmax(-1)

@@ -3,13 +3,15 @@
 Same run, same prompts, same number of generated tokens (`ignore_eos`, fixed `max_tokens`; the controls change
 which tokens, never how many), `detokenize=False`: vLLM's incremental detokenizer takes a slow path for added
 tokens such as `</think>`, so its cost depends on *which* tokens were generated and would swamp the processor's
-cost in either direction. Three arms, interleaved over several rounds so machine noise hits all alike:
+cost in either direction. Four arms, interleaved over several rounds so machine noise hits all alike:
 
 - `vanilla`: an engine without the processor (its `vllm.logits_processors` entry point hidden while the engine
   is built);
 - `enabled`: an engine as installing ttsplugin makes every engine: `TTSLogitsProcessor` from its entry point,
   requests without `tts_*` keys (the cost of having it installed);
-- `controlled`: the same engine, every request with min/max budgets, a wait text, an answer prefix and TS.
+- `controlled`: the same engine, every request with min/max budgets, a wait text, an answer prefix and TS;
+- `confidence`: the same engine, every request tracking DeepConf's confidence (``tts_confidence_threshold`` set
+  below any window, so nothing stops: top-20 token confidence and the window every step).
 
 Also reports the share of each arm's thread CPU time spent inside `TTSLogitsProcessor` (apply + update_state,
 validation excluded): a direct, same-run measure of the overhead that machine noise cannot fake.
@@ -47,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=256, help="generated tokens per request")
     p.add_argument("--rounds", type=int, default=12, help="interleaved measurement rounds per arm")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    p.add_argument(
+        "--confidence-window", type=int, default=2048, help="window of the confidence arm (default: 2048)"
+    )
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p.parse_args(argv)
 
@@ -127,10 +132,20 @@ def main(argv=None) -> int:
         tts_answer_prefix="\nFinal Answer:",
         tts_end_bias=1.0,
     )
+    confidence = {
+        "tts_confidence_threshold": -1e9,
+        "tts_confidence_window": args.confidence_window,
+        "tts_confidence_top_k": 20,
+    }
     arms = {
         "vanilla": (vanilla, [SamplingParams(seed=i, **common) for i in range(args.requests)]),
         "enabled": (enabled, [SamplingParams(seed=i, **common) for i in range(args.requests)]),
         "controlled": (enabled, [config.sampling_params(seed=i, **common) for i in range(args.requests)]),
+        # DeepConf's confidence tracking on every request (a threshold no window falls below: same tokens count).
+        "confidence": (
+            enabled,
+            [SamplingParams(seed=i, extra_args=dict(confidence), **common) for i in range(args.requests)],
+        ),
     }
     for llm, params in arms.values():  # warm-up
         llm.generate(prompts[:4], params[:4], use_tqdm=False)

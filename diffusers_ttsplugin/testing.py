@@ -242,3 +242,33 @@ def save_tiny_clip(path, *, seed: int = 0, image_size: int = 30, projection_dim:
     )
     processor.save_pretrained(path)
     return model
+
+
+def run_on_ranks(fn, world_size: int, *args, backend: str = "gloo", threads_per_rank: int = 1) -> None:
+    """Run `fn(rank, world_size, *args)` in `world_size` fresh processes that form a default `torch.distributed`
+    group (gloo over TCP on 127.0.0.1), as `torchrun` would on one machine. `fn` must be importable (a module-level
+    function); results travel back through files. Raises if any rank fails."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(
+        _rank_main,
+        args=(world_size, port, backend, threads_per_rank, fn, args),
+        nprocs=world_size,
+        join=True,
+    )
+
+
+def _rank_main(rank, world_size, port, backend, threads, fn, args):
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()

@@ -272,3 +272,36 @@ def test_plain_openai_sdk_client_reads_winners_and_thinking_reports(tts_server, 
         tts,
     ) in finals.values():  # the prompt opens thinking (chat template): the stream's prompt ids were read
         assert tts["thinking"]["think_start"] == 0 and tts["thinking"]["thinking_tokens"] <= 12
+
+
+@pytest.mark.server
+def test_server_confidence_stop_with_n4_in_engine_and_bad_input_gets_400(tts_server, tiny_model_dir):
+    """DeepConf's confidence stop on the OpenAI server, in-engine for an n=4 request: every sample is checked on
+    its own (no race), so the stops are at exact positions: with a threshold above every window, right after the
+    first full window."""
+    import requests
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    marker = find_marker_token(tokenizer)
+    body = dict(
+        model=str(tiny_model_dir), prompt=PROMPTS[0], n=4, max_tokens=24, temperature=1.0, seed=3,
+        return_token_ids=True,
+    )  # fmt: skip
+
+    def complete(**extra):
+        return requests.post(f"{tts_server}/v1/completions", json={**body, **extra}, timeout=120)
+
+    plain = complete().json()["choices"]
+    kept = complete(vllm_xargs={"tts_confidence_threshold": -1000.0, "tts_confidence_window": 4}).json()
+    assert [c["tts"] for c in kept["choices"]] == [{"confidence": "kept"}] * 4
+    assert [c["token_ids"] for c in kept["choices"]] == [c["token_ids"] for c in plain]
+    stopped = complete(vllm_xargs={"tts_confidence_threshold": 1000.0, "tts_confidence_window": 4}).json()
+    for choice in stopped["choices"]:
+        full = plain[choice["index"]]["token_ids"]
+        if len(full) <= 4:
+            continue  # ended before its first full window
+        assert choice["tts"] == {"confidence": "stopped"} and choice["finish_reason"] == "abort"
+        assert choice["token_ids"] == full[:4] + [marker] and FFS_MARKER_TEXT not in choice["text"]
+    bad = complete(vllm_xargs={"tts_confidence_threshold": 1.0, "tts_confidence_top_k": 0}, stream=True)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tts_confidence_top_k"

@@ -242,6 +242,7 @@ def _processor(monkeypatch, max_slots: int, req_states=None):
     """`TTSLogitsProcessor` over a stub tokenizer (it reads stop strings). Whether losers are marked is decided at
     admission (`make_requests(..., marker_known)`): the marker token is stamped there."""
     from vllm_ttsplugin import TTSLogitsProcessor
+    from vllm_ttsplugin.components import FirstFinishComponent
     from vllm_ttsplugin.vocab import TokenizerVocab
 
     use_vocab(monkeypatch, TokenizerVocab(StubTokenizer(), VOCAB))
@@ -250,7 +251,7 @@ def _processor(monkeypatch, max_slots: int, req_states=None):
         proc = TTSLogitsProcessor(config, req_states)
     else:
         proc = TTSLogitsProcessor(config, torch.device("cpu"), False)
-    return proc, proc._impl.components[-1]
+    return proc, next(c for c in proc._impl.components if isinstance(c, FirstFinishComponent))
 
 
 @pytest.mark.parametrize("seed", range(12))

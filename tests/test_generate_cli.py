@@ -37,6 +37,9 @@ def test_flags_map_onto_the_per_request_keys():
         "tts_eos_in_thinking": "stop",
     }
     assert request_extra_args(parse("--wait", r"a\\nb"))["tts_wait"] == "a\\nb"  # an escaped backslash stays
+    assert request_extra_args(
+        parse("--confidence-threshold", "4.5", "--confidence-window", "16", "--confidence-top-k", "5")
+    ) == {"tts_confidence_threshold": 4.5, "tts_confidence_window": 16, "tts_confidence_top_k": 5}
 
 
 def test_every_config_field_is_a_flag_with_its_help_and_choices():
@@ -86,6 +89,10 @@ def test_engine_sizing_is_small_for_the_tiny_model_and_vllms_own_for_a_user_mode
         (["--first-finish", "0", "--n", "4"], "--first-finish"),
         (["--first-finish", "5", "--n", "4"], "--first-finish"),
         (["--first-finish", "1"], "--first-finish"),
+        (["--confidence-threshold", "nan"], "--confidence-threshold"),
+        (["--confidence-threshold", "1", "--confidence-window", "0"], "--confidence-window"),
+        (["--confidence-threshold", "1", "--confidence-top-k", "0"], "--confidence-top-k"),
+        (["--confidence-window", "8"], "--confidence-window"),
     ],
 )
 def test_garbage_is_refused_naming_the_flag_before_any_engine_starts(argv, flag, capsys, monkeypatch):
@@ -185,6 +192,17 @@ def test_first_finish_marks_winners_and_stopped_samples(tts_llm, capsys):
             assert c["tokens"] <= longest_winner + 1
     assert record["total_tokens"] == sum(c["tokens"] for c in entry["completions"])
     json.dumps(record)  # --json prints it as is
+
+
+@pytest.mark.vllm
+def test_confidence_stop_marks_the_samples_it_stopped(tts_llm):
+    base = ["--n", "6", "--temperature", "1", "--max-tokens", "40", "--seed", "1", "--confidence-window", "4"]
+    kept = generate(tts_llm, parse(*base, "--confidence-threshold", "-1000"))
+    stopped = generate(tts_llm, parse(*base, "--confidence-threshold", "1000"))
+    assert [c["confidence"] for c in kept["prompts"][0]["completions"]] == ["kept"] * 6
+    # Every window is below 1000: each sample is stopped at its first chance, the token after a full window.
+    for c in stopped["prompts"][0]["completions"]:
+        assert c["confidence"] == "stopped" and c["tokens"] == 4 + 1 and c["finish_reason"] == "stop"
 
 
 @pytest.mark.vllm

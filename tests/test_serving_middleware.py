@@ -139,6 +139,26 @@ def test_ffs_json_response_winners_first_losers_abort_token_ids_hidden(tokenizer
     assert dict(start["headers"])[b"content-length"] == str(len(out)).encode()
 
 
+def test_confidence_stopped_samples_are_reported_and_end_with_abort(tokenizer, marker):
+    body = {"model": "m", "prompt": "a", "n": 3, "vllm_xargs": {"tts_confidence_threshold": 5.0}}
+    choices = [
+        _choice(0, [9, 9, marker], "stop", marker, text="ab" + FFS_MARKER_TEXT),
+        _choice(1, [9, 2], "stop"),
+        _choice(2, [9, 9, 9], "length"),
+    ]
+    _, _, out = _call(tokenizer, body, [json.dumps({"choices": choices}).encode()])
+    data = json.loads(out)
+    assert [c["index"] for c in data["choices"]] == [0, 1, 2]  # no reordering without First Finish
+    assert [c["finish_reason"] for c in data["choices"]] == ["abort", "stop", "length"]
+    assert [c["tts"] for c in data["choices"]] == [{"confidence": c} for c in ("stopped", "kept", "kept")]
+    assert data["choices"][0]["text"] == "ab"
+    seen, start, out = _call(
+        tokenizer, {**body, "vllm_xargs": {"tts_confidence_threshold": "x"}}, [b"never sent"]
+    )
+    assert seen == {} and start["status"] == 400
+    assert json.loads(out)["error"]["param"] == "tts_confidence_threshold"
+
+
 def test_sse_events_split_across_chunks_keep_alives_and_reports(tokenizer, marker):
     end = tokenizer.convert_tokens_to_ids("</think>")
     opens = tokenizer.encode("<think>", add_special_tokens=False)  # the prompt ends inside a think block

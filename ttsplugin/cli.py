@@ -103,6 +103,12 @@ def _add_reasoner(subparsers) -> None:
     add_eval_parser(subparsers)
 
 
+def _add_train_flow(subparsers) -> None:
+    from ttsplugin.train_flow_command import add_train_flow_parser
+
+    add_train_flow_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ttsplugin",
@@ -115,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(subparsers)
     _add_search(subparsers)
     _add_reasoner(subparsers)
+    _add_train_flow(subparsers)
     return parser
 
 

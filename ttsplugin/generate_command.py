@@ -18,14 +18,17 @@ from dataclasses import fields
 from typing import Any
 
 from ttsplugin.demo import _workdir, chat_prompt, engine_kwargs, ensure_tiny_model, positive_int
+from vllm_ttsplugin.confidence import CONFIDENCE_KEYS, DEFAULT_TOP_K, DEFAULT_WINDOW
 from vllm_ttsplugin.config import KEY_PREFIX, ThinkingConfig
 
 # Flag (argparse dest) -> per-request key: one flag per `ThinkingConfig` field, named after it.
 THINKING_FLAGS = {f.name.removeprefix(KEY_PREFIX): f.name for f in fields(ThinkingConfig)}
 TEXT_KEYS = tuple(f.name for f in fields(ThinkingConfig) if f.metadata.get("text"))
 FIRST_FINISH_FLAGS = {"first_finish": "tts_first_finish"}
+CONFIDENCE_FLAGS = {key.removeprefix(KEY_PREFIX): key for key in CONFIDENCE_KEYS}
 FLAG_OF_KEY = {
-    key: "--" + dest.replace("_", "-") for dest, key in {**THINKING_FLAGS, **FIRST_FINISH_FLAGS}.items()
+    key: "--" + dest.replace("_", "-")
+    for dest, key in {**THINKING_FLAGS, **FIRST_FINISH_FLAGS, **CONFIDENCE_FLAGS}.items()
 }
 DEFAULT_PROMPT = "47+5-8+3"  # a question of the embedded reasoner's task
 
@@ -33,7 +36,8 @@ DEFAULT_PROMPT = "47+5-8+3"  # a question of the embedded reasoner's task
 def add_generate_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate",
-        help="generate with a vLLM engine under budget forcing, end-of-think scaling and First Finish Search",
+        help="generate with a vLLM engine under budget forcing, end-of-think scaling, First Finish Search and "
+        "DeepConf's confidence stop",
         description=(
             "Load a model into vllm.LLM with TTSLogitsProcessor and generate, with the thinking controls "
             "(s1/m1 budget forcing, temperature-scaled end-of-think) and First Finish Search set per request from "
@@ -102,6 +106,30 @@ def add_generate_parser(subparsers) -> None:
         metavar="K",
         help="tts_first_finish: once K of the --n samples finish naturally, the others are stopped (needs --n > 1)",
     )
+    conf = p.add_argument_group("DeepConf confidence stop (per sample; see vllm_ttsplugin.confidence)")
+    conf.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=None,
+        metavar="C",
+        help="tts_confidence_threshold: stop a sample once the mean token confidence of its last "
+        "--confidence-window tokens falls below C",
+    )
+    conf.add_argument(
+        "--confidence-window",
+        type=int,
+        default=None,
+        metavar="W",
+        help=f"tts_confidence_window: the window (default: {DEFAULT_WINDOW}; needs --confidence-threshold)",
+    )
+    conf.add_argument(
+        "--confidence-top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="tts_confidence_top_k: token confidence = -mean log-probability of the K most likely tokens "
+        f"(default: {DEFAULT_TOP_K}; needs --confidence-threshold)",
+    )
     engine = p.add_argument_group("engine")
     engine.add_argument(
         "--max-model-len", type=positive_int, default=2048, help="context length (default: 2048)"
@@ -140,7 +168,8 @@ def request_extra_args(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         ValueError: naming the flag, for a setting no model could accept.
     """
-    from vllm_ttsplugin.config import ThinkingConfigError
+    from vllm_ttsplugin.confidence import parse_confidence_args
+    from vllm_ttsplugin.config import ThinkingConfigError, TTSParamsError
 
     values = {key: getattr(args, dest) for dest, key in THINKING_FLAGS.items()}
     for key in TEXT_KEYS:
@@ -157,6 +186,13 @@ def request_extra_args(args: argparse.Namespace) -> dict[str, Any]:
         if args.n < 2 or k > args.n:
             raise ValueError(f"--first-finish: needs --n > 1 and K <= n (got K={k}, n={args.n})")
         extra["tts_first_finish"] = k
+    confidence = {key: getattr(args, dest) for dest, key in CONFIDENCE_FLAGS.items()}
+    confidence = {k: v for k, v in confidence.items() if v is not None}
+    try:
+        parse_confidence_args(confidence)
+    except TTSParamsError as exc:
+        raise ValueError(f"{FLAG_OF_KEY.get(exc.parameter, exc.parameter)}: {exc}") from None
+    extra.update(confidence)
     return extra
 
 
@@ -183,7 +219,13 @@ def generate(llm, args: argparse.Namespace) -> dict[str, Any]:
     """Run the requests the flags describe on `llm` (an `LLM` with `TTSLogitsProcessor`); return the record."""
     from vllm import SamplingParams
 
-    from vllm_ttsplugin import ThinkingConfig, first_finish_winners, is_first_finish_stopped, thinking_report
+    from vllm_ttsplugin import (
+        ThinkingConfig,
+        first_finish_marker,
+        first_finish_winners,
+        is_first_finish_stopped,
+        thinking_report,
+    )
 
     extra = request_extra_args(args)
     tokenizer = llm.get_tokenizer()
@@ -199,10 +241,13 @@ def generate(llm, args: argparse.Namespace) -> dict[str, Any]:
         logit_bias=_logit_bias(tokenizer, args.logit_bias),
         extra_args=extra or None,
     )
-    thinking = ThinkingConfig.from_extra_args(extra, known_keys=tuple(FIRST_FINISH_FLAGS.values()))
+    thinking = ThinkingConfig.from_extra_args(
+        extra, known_keys=(*FIRST_FINISH_FLAGS.values(), *CONFIDENCE_FLAGS.values())
+    )
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - start
+    marker = first_finish_marker(tokenizer)
     record: dict[str, Any] = {"extra_args": extra, "seconds": round(seconds, 3), "prompts": []}
     for question, out in zip(questions, outputs, strict=True):
         reports = thinking_report(out, thinking or ThinkingConfig(), tokenizer)
@@ -231,6 +276,9 @@ def generate(llm, args: argparse.Namespace) -> dict[str, Any]:
                     if is_first_finish_stopped(completion, tokenizer)
                     else "finished"
                 )
+            if CONFIDENCE_KEYS[0] in extra:
+                stopped = completion.stop_reason is not None and completion.stop_reason == marker
+                entry["confidence"] = "stopped" if stopped else "kept"  # (or by First Finish: same marker)
             completions.append(entry)
         record["prompts"].append({"prompt": question, "completions": completions})
     record["total_tokens"] = sum(c["tokens"] for p in record["prompts"] for c in p["completions"])
@@ -243,6 +291,7 @@ def print_record(record: dict[str, Any]) -> None:
         print(f"\n> {entry['prompt']}")
         for c in entry["completions"]:
             ffs = f", {c['first_finish']}" if "first_finish" in c else ""
+            ffs += f", confidence {c['confidence']}" if "confidence" in c else ""
             print(
                 f"[{c['index']}] {c['tokens']} tokens ({c['finish_reason']}{ffs}); thinking {c['thinking_tokens']} "
                 f"tokens, {c['waits']} waits, end: {c['thinking_end']}; answer {c['answer_tokens']} tokens"

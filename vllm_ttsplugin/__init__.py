@@ -1,5 +1,5 @@
 """ttsplugin's LLM side: thinking control (s1 budget forcing, temperature-scaled end-of-think) for vLLM and
-transformers, and First Finish Search.
+transformers, First Finish Search and DeepConf (confidence-guided parallel thinking).
 
 Imports are lazy, so `import vllm_ttsplugin` (and `vllm_ttsplugin.testing`) needs neither vLLM nor transformers;
 `vllm_ttsplugin:TTSLogitsProcessor` resolves through the module `__getattr__` (vLLM's loader does
@@ -37,6 +37,10 @@ _LAZY = {
     "first_finish_async": "vllm_ttsplugin.first_finish",
     "first_finish_vote": "vllm_ttsplugin.first_finish",
     "majority_vote_all": "vllm_ttsplugin.first_finish",
+    # DeepConf: confidence-guided parallel thinking
+    "DeepConfResult": "vllm_ttsplugin.deepconf",
+    "DeepConfTrace": "vllm_ttsplugin.deepconf",
+    "deep_conf": "vllm_ttsplugin.deepconf",
     # answers
     "extract_answer": "vllm_ttsplugin.answers",
     "extract_boxed": "vllm_ttsplugin.answers",
@@ -45,6 +49,8 @@ _LAZY = {
 }
 
 __all__ = [
+    "DeepConfResult",
+    "DeepConfTrace",
     "FFS_MARKER_TEXT",
     "FirstFinishParamsError",
     "FirstFinishResult",
@@ -56,6 +62,7 @@ __all__ = [
     "ThinkingReport",
     "ThinkingStoppingCriteria",
     "VoteResult",
+    "deep_conf",
     "extract_answer",
     "extract_boxed",
     "extract_final_answer",
@@ -74,6 +81,7 @@ __all__ = [
 if TYPE_CHECKING:
     from vllm_ttsplugin.answers import extract_answer, extract_boxed, extract_final_answer, majority_vote
     from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError, TTSParamsError
+    from vllm_ttsplugin.deepconf import DeepConfResult, DeepConfTrace, deep_conf
     from vllm_ttsplugin.ffs import (
         FFS_MARKER_TEXT,
         FirstFinishParamsError,

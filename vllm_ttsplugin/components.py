@@ -6,9 +6,9 @@ produced, including a finished request's last one before it is released), apply 
 token). Components run in list order, so a later component overrides an earlier one on a row both touch. The
 order, and so the priority of the controls, is:
 
-    [ThinkingComponent, FirstFinishComponent]
+    [ThinkingComponent, FirstFinishComponent, ConfidenceComponent]
 
-i.e. a First Finish stop (force EOS or the stop marker) > a forced sequence in progress (end delimiter / answer
+i.e. a confidence stop or a First Finish stop (both force the stop marker) (force EOS or the stop marker) > a forced sequence in progress (end delimiter / answer
 prefix / wait text, once started always completed) > max-budget forcing > min-budget decisions > TS scaling (the
 last four are ordered inside `ThinkingComponent`).
 
@@ -29,6 +29,13 @@ import numpy as np
 import torch
 
 from vllm_ttsplugin.arrays import TorchOps, to_device
+from vllm_ttsplugin.confidence import (
+    CONFIDENCE_KEYS,
+    GREEDY_EPS,
+    ConfidenceRequest,
+    parse_confidence_args,
+    token_confidence,
+)
 from vllm_ttsplugin.config import ThinkingConfig, ThinkingConfigError, TTSParamsError
 from vllm_ttsplugin.ffs import (
     FIRST_FINISH_KEY,
@@ -39,6 +46,8 @@ from vllm_ttsplugin.ffs import (
     find_marker_token,
     member_outcome,
     parse_first_finish_args,
+    stamp_stop_marker,
+    stamped_marker,
     validate_first_finish_params,
 )
 from vllm_ttsplugin.prompts import scan_prompt
@@ -138,6 +147,20 @@ class SlotComponent(ABC):
         valid: torch.Tensor | None,
         infer_injections: bool = False,
     ) -> None: ...
+
+    def inspect(
+        self,
+        logits: torch.Tensor,
+        slots: torch.Tensor,
+        slots_np: np.ndarray,
+        out_len: torch.Tensor,
+        rows: torch.Tensor | None,
+    ) -> None:
+        """See the step's logits as the model produced them, before any component's `apply` (default: nothing).
+
+        May mask tokens a request must never sample; forcing belongs in `apply`.
+        """
+        return None
 
     @abstractmethod
     def apply(
@@ -440,11 +463,246 @@ class FirstFinishComponent(SlotComponent):
         return logits
 
 
+# -- DeepConf: the confidence stop -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConfidenceMember:
+    """One sample's confidence stop, parsed engine-side from its params."""
+
+    spec: ConfidenceRequest
+    inv_temperature: float  # 1 / the request's temperature (1 for greedy)
+    stop_token: int  # forced to stop it: the stamped marker, else EOS / its first stop token (-1: none)
+    marked: bool  # the stop token is the marker (never sampled by the member itself)
+
+
+class ConfidenceComponent(SlotComponent):
+    """DeepConf's online stop (`vllm_ttsplugin.confidence`): a sample whose last full window of token confidences
+    has a mean below its ``tts_confidence_threshold`` gets the stop marker as its next token.
+
+    `inspect` computes every member row's token confidence from the step's logits as the model produced them
+    (before the other components force or mask anything; then it masks the marker, which members never sample
+    themselves), batched (one top-k and one logsumexp over the member
+    rows), and keeps a ring buffer of the last ``window`` confidences and their running sum per slot (float64) on
+    the device; the stop decision for the step is taken there, from the window that ends at the previous token.
+    `apply` forces the stop token on the rows to stop; it runs last, so it wins over forced thinking text and
+    First Finish's marker mask, like a First Finish stop. Nothing is synchronised per step. A position computed
+    twice (a step vLLM discarded) replaces its value; a gap in positions (a request resumed without its state)
+    restarts the window.
+    """
+
+    keys = CONFIDENCE_KEYS
+    needs_tokenizer = False  # without a marker token, stopped samples end on EOS
+
+    @classmethod
+    def parse(cls, params: Any, vocab: TokenizerVocab | None, known_keys: Sequence[str] = ()):
+        return parse_confidence_args(getattr(params, "extra_args", None), getattr(vocab, "vocab_size", None))
+
+    @classmethod
+    def validate(cls, params: Any, vocab: TokenizerVocab | None, known_keys: Sequence[str] = ()) -> bool:
+        if cls.parse(params, vocab, known_keys) is None:
+            return False
+        stop = request_stop_ids(params)
+        if stamp_stop_marker(params) is None and not stop:
+            raise TTSParamsError(
+                f"`{CONFIDENCE_KEYS[0]}` with ignore_eos=True, no stop_token_ids and no marker token: a sample "
+                "could not be stopped",
+                parameter=CONFIDENCE_KEYS[0],
+            )
+        return True
+
+    def __init__(self, env: SlotEnv) -> None:
+        super().__init__(env)
+        n, dev = env.num_slots, env.device
+        self.members_np = np.zeros(n, dtype=bool)
+        self.top_k_np = np.zeros(n, dtype=np.int64)  # host copy: the step's top-k width without a sync
+        self.requests: list[ConfidenceMember | None] = [None] * n  # host copy: snapshots without a sync
+        self.unit_temperature_np = np.ones(n, dtype=bool)  # host: no temperature pass when every row's is 1
+        # Device state per slot: parameters, then the window: a ring of the last `window` confidences
+        # ([n, W], W = the largest window admitted), their running sum, how many positions it holds, the next
+        # position expected, and the lowest full-window mean seen (inf until a window is full).
+        self.member = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.threshold = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.window = torch.ones(n, dtype=torch.long, device=dev)
+        self.top_k = torch.ones(n, dtype=torch.long, device=dev)
+        self.inv_temperature = torch.ones(n, dtype=torch.float32, device=dev)
+        self.stop_token = torch.zeros(n, dtype=torch.long, device=dev)
+        self.marked = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.ring = torch.zeros((n, 1), dtype=torch.float64, device=dev)
+        self.total = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.count = torch.zeros(n, dtype=torch.long, device=dev)
+        self.next_pos = torch.zeros(n, dtype=torch.long, device=dev)
+        self.lowest = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
+        self.stopped = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._stop_rows: torch.Tensor | None = None  # [rows] this step's stops (set by inspect)
+        self._ops = TorchOps(dev, env.pin_memory)
+
+    _PER_SLOT = (
+        "member", "threshold", "window", "top_k", "inv_temperature", "stop_token", "marked",
+        "ring", "total", "count", "next_pos", "lowest", "stopped",
+    )  # fmt: skip
+    _RUN_STATE = ("ring", "total", "count", "next_pos", "lowest", "stopped")
+
+    @property
+    def active_np(self) -> np.ndarray:
+        return self.members_np
+
+    def _to_device(self, values) -> torch.Tensor:
+        return to_device(values, self.env.device, self.env.pin_memory)
+
+    def parse_engine(self, params: Any, known_keys: Sequence[str] = ()) -> ConfidenceMember | None:
+        try:
+            spec = parse_confidence_args(getattr(params, "extra_args", None), self.env.vocab_size)
+        except TTSParamsError as exc:
+            logger.warning("ttsplugin: request left without the confidence stop: %s", exc)
+            return None
+        if spec is None:
+            return None
+        marker = stamped_marker(params, self.env.vocab_size)
+        stop = request_stop_ids(params)
+        temperature = float(getattr(params, "temperature", 1.0))
+        return ConfidenceMember(
+            spec=spec,
+            inv_temperature=1.0 / temperature if temperature >= GREEDY_EPS else 1.0,
+            stop_token=marker if marker is not None else (stop[0] if stop else -1),
+            marked=marker is not None,
+        )
+
+    def admit(self, slots, requests, prompts, restored=None) -> None:
+        if not slots:
+            return
+        width = max(m.spec.window for m in requests)
+        if width > self.ring.shape[1]:
+            pad = torch.zeros(
+                (self.env.num_slots, width - self.ring.shape[1]),
+                dtype=self.ring.dtype,
+                device=self.env.device,
+            )
+            self.ring = torch.cat([self.ring, pad], dim=1)
+        index = self._to_device(np.asarray(slots, dtype=np.int64))
+        for name, values, dtype in (
+            ("threshold", [m.spec.threshold for m in requests], np.float64),
+            ("window", [m.spec.window for m in requests], np.int64),
+            ("top_k", [m.spec.top_k for m in requests], np.int64),
+            ("inv_temperature", [m.inv_temperature for m in requests], np.float32),
+            ("stop_token", [m.stop_token for m in requests], np.int64),
+            ("marked", [m.marked for m in requests], bool),
+        ):
+            getattr(self, name)[index] = self._to_device(np.asarray(values, dtype=dtype))
+        self.member[index] = True
+        for name in self._RUN_STATE:
+            getattr(self, name)[index] = float("inf") if name == "lowest" else 0
+        if restored is not None:
+            for name, value in restored.items():
+                getattr(self, name)[index] = value
+        self.members_np[list(slots)] = True
+        self.top_k_np[list(slots)] = [m.spec.top_k for m in requests]
+        for slot, request in zip(slots, requests, strict=True):
+            self.requests[slot] = request
+            self.unit_temperature_np[slot] = request.inv_temperature == 1.0
+
+    def release(self, slots, outputs=None) -> None:
+        gone = [s for s in slots if self.members_np[s]]
+        if gone:
+            self.members_np[gone] = False
+            for slot in gone:
+                self.requests[slot] = None
+            self.member[self._to_device(np.asarray(gone, dtype=np.int64))] = False
+
+    def permute(self, source: np.ndarray) -> None:
+        source = np.asarray(source, dtype=np.int64)
+        empty = source < 0
+        src = np.where(empty, np.arange(self.env.num_slots), source)
+        index = self._to_device(src)
+        for name in self._PER_SLOT:
+            setattr(self, name, getattr(self, name)[index])
+        self.members_np = self.members_np[src] & ~empty
+        self.top_k_np = self.top_k_np[src]
+        self.unit_temperature_np = self.unit_temperature_np[src]
+        self.requests = [None if empty[i] else self.requests[src[i]] for i in range(self.env.num_slots)]
+        if empty.any():
+            self.member[self._to_device(np.flatnonzero(empty))] = False
+
+    def snapshot(self, slot: int) -> object | None:
+        if not self.members_np[slot]:
+            return None
+        request = self.requests[slot]
+        return request, {name: getattr(self, name)[slot].clone() for name in self._RUN_STATE}
+
+    def restore(self, slot: int, snap: object) -> None:
+        request, state = snap  # type: ignore[misc]
+        ring = state["ring"]
+        if ring.shape[0] < self.ring.shape[1]:  # the ring grew meanwhile (a wider window was admitted)
+            state = dict(state, ring=torch.cat([ring, ring.new_zeros(self.ring.shape[1] - ring.shape[0])]))
+        self.admit([slot], [request], [None], restored=state)
+
+    def observe(self, slots, tokens, positions, valid, infer_injections: bool = False) -> None:
+        pass  # the confidences depend on the logits only
+
+    def inspect(self, logits, slots, slots_np, out_len, rows) -> None:
+        self._stop_rows = None
+        picked = np.flatnonzero(self.members_np[slots_np])
+        if picked.size == 0:
+            return
+        pick = self._ops.index(picked)
+        rows = pick if rows is None else rows[pick]
+        s = slots[pick]
+        position = out_len[pick]
+        window = self.window[s]
+        full = self.count[s] >= window
+        mean = self.total[s] / self.count[s].clamp(min=1)
+        # Decided from the window ending at the previous token (the marker replaces this token).
+        stop = self.member[s] & full & (mean < self.threshold[s]) & (self.next_pos[s] == position)
+        stop_rows = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        stop_rows[rows] = stop
+        self._stop_rows = stop_rows
+        self.stopped[s] = self.stopped[s] | stop
+        # Every row a member: the rows in order (V1: batch index = slot, ascending; V2: all rows), no gather.
+        view = logits if picked.size == logits.shape[0] else logits[rows]
+        unit = self.unit_temperature_np[slots_np[picked]].all()
+        k_max = int(self.top_k_np[slots_np[picked]].max())
+        confidence = token_confidence(
+            view, None if unit else self.inv_temperature[s], self.top_k[s], k_max
+        ).to(torch.float64)
+        # Append position `next_pos`, redo position `next_pos - 1` (a discarded step), restart on any other.
+        redo = (position == self.next_pos[s] - 1) & (self.count[s] > 0)
+        restart = (position != self.next_pos[s]) & ~redo
+        count = torch.where(restart, 0, self.count[s])
+        total = torch.where(restart, 0.0, self.total[s])
+        column = position % window
+        old = self.ring[s, column]
+        drop = torch.where(redo | (count >= window), old, 0.0)
+        total = total - drop + confidence
+        count = torch.where(redo, count, (count + 1).clamp(max=window))
+        self.ring[s, column] = confidence
+        self.total[s] = total
+        self.count[s] = count
+        self.next_pos[s] = position + 1
+        full_mean = torch.where(count >= window, total / count, float("inf"))
+        self.lowest[s] = torch.minimum(self.lowest[s], full_mean)
+        # Marked members never sample the marker themselves (masked before any component may force it).
+        marked = self.marked[s]
+        tokens = self.stop_token[s].clamp(min=0)
+        column = logits[rows, tokens]
+        logits[rows, tokens] = torch.where(marked, float("-inf"), column)
+
+    def apply(self, logits, slots, slots_np, out_len, rows) -> torch.Tensor:
+        stop_rows, self._stop_rows = self._stop_rows, None
+        if stop_rows is None:
+            return logits
+        rows = rows if rows is not None else torch.arange(slots.shape[0], device=logits.device)
+        stop = stop_rows[rows] & self.member[slots]
+        tokens = self.stop_token[slots].clamp(min=0)
+        self._ops.fill_rows_(logits, rows, stop, float("-inf"))
+        column = logits[rows, tokens]
+        logits[rows, tokens] = torch.where(stop, 0.0, column)
+        return logits
+
+
 # Components composed into TTSLogitsProcessor, in application order (later wins on a shared row).
-COMPONENTS: list[type[SlotComponent]] = [ThinkingComponent, FirstFinishComponent]
+COMPONENTS: list[type[SlotComponent]] = [ThinkingComponent, FirstFinishComponent, ConfidenceComponent]
 
 __all__ = [
     "COMPONENTS",
+    "ConfidenceComponent",
     "FirstFinishComponent",
     "SlotComponent",
     "SlotEnv",

@@ -107,6 +107,7 @@ __all__ = [
     "is_first_finish_stopped",
     "member_outcome",
     "parse_first_finish_args",
+    "stamp_stop_marker",
     "validate_first_finish_params",
 ]
 
@@ -175,11 +176,17 @@ class _Scope:
 
     def __init__(self) -> None:
         self._races: dict[str, str] = {}
+        self._ranks: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def race_id(self, group: str) -> str:
         with self._lock:
             return self._races.setdefault(group, uuid.uuid4().hex)
+
+    def pin_rank(self, group: str, rank: int) -> int:
+        """The data-parallel engine of the group's first request (all its requests must run there)."""
+        with self._lock:
+            return self._ranks.setdefault(group, rank)
 
 
 _SCOPE: ContextVar[_Scope | None] = ContextVar("ttsplugin_ffs_scope", default=None)
@@ -207,15 +214,49 @@ def first_finish_scope() -> Iterator[None]:
         _SCOPE.reset(token)
 
 
-def _admission_marker() -> int | None:
-    """The marker token of the model being admitted to (None without a tokenizer or a single marker token)."""
-    from vllm_ttsplugin.processor import admission_vocab  # the frontend's tokenizer (processor imports us)
+def _admission_context() -> Any:
+    """The frontend engine being admitted to (tokenizer, data-parallel routing): `processor.AdmissionContext`."""
+    from vllm_ttsplugin.processor import admission_context  # processor imports us
 
-    vocab = admission_vocab()
+    return admission_context()
+
+
+def _admission_marker(context: Any) -> int | None:
+    """The marker token of the model being admitted to (None without a tokenizer or a single marker token)."""
+    vocab = context.vocab
     tokenizer = getattr(vocab, "tokenizer", None)
     if tokenizer is None:
         return None
     return _cached_marker(tokenizer, getattr(vocab, "vocab_size", None))
+
+
+def _check_data_parallel(spec: FirstFinishRequest, context: Any, scope: _Scope | None) -> None:
+    """A race runs in one engine core: its samples must not be spread over data-parallel engines.
+
+    vLLM 0.32's load-balancing client sends each of the n samples of a request to the least loaded engine, where
+    the race could not see its siblings (it would stop fewer samples than asked, and k would count per engine). A
+    request sent to one engine explicitly keeps all its samples there (they copy its `data_parallel_rank`);
+    `TTSMiddleware` does that for every FFS request. Anything else is refused here, before any sample starts.
+    """
+    if context.engines <= 1:
+        return
+    if context.data_parallel_rank is None:
+        raise _error(
+            GROUP_KEY if spec.group is not None else FIRST_FINISH_KEY,
+            f"First Finish Search under data parallelism ({context.engines} engines) needs all samples of a race in "
+            "one engine, and vLLM would spread them: send the request to one engine (the OpenAI server with "
+            "`--middleware vllm_ttsplugin.serving.TTSMiddleware` does so; or the `X-data-parallel-rank` header; "
+            "or `AsyncLLM.generate(..., data_parallel_rank=r)`), or race over the engine with "
+            "`vllm_ttsplugin.first_finish_async`",
+        )
+    if spec.group is not None and scope is not None:
+        pinned = scope.pin_rank(spec.group, context.data_parallel_rank)
+        if pinned != context.data_parallel_rank:
+            raise _error(
+                GROUP_KEY,
+                f"the requests of `{GROUP_KEY}` {spec.group!r} were sent to different data-parallel engines "
+                f"({pinned} and {context.data_parallel_rank}); a race runs in one engine: send them to the same one",
+            )
 
 
 _MARKERS: OrderedDict[int, tuple[Any, int | None, int | None]] = OrderedDict()
@@ -251,6 +292,7 @@ def validate_first_finish_params(params: SamplingParams) -> None:
     spec = parse_first_finish_args(params.extra_args)
     if spec is None:
         return
+    context = _admission_context()
     n = params.n
     if spec.group is None:
         if n < 2:
@@ -264,6 +306,7 @@ def validate_first_finish_params(params: SamplingParams) -> None:
                 FIRST_FINISH_KEY, f"`{FIRST_FINISH_KEY}`={spec.k} exceeds the n={n} samples of the request"
             )
         race = uuid.uuid4().hex
+        scope = None
     else:
         scope = _SCOPE.get()
         if scope is None:
@@ -280,18 +323,34 @@ def validate_first_finish_params(params: SamplingParams) -> None:
             FIRST_FINISH_KEY,
             f"`{FIRST_FINISH_KEY}` with ignore_eos=True and no stop_token_ids: no sample can finish naturally",
         )
+    _check_data_parallel(spec, context, scope)
     # A new dict per admission: the caller's dict (maybe shared by other requests) is never modified, and each
     # prompt of one LLM.generate call, validated in turn with the same params object, gets its own race.
     extra_args = {k: v for k, v in params.extra_args.items() if k not in STAMPED_KEYS}
     extra_args.update({RACE_ID_KEY: race, RACE_SIZE_KEY: int(n)})
-    marker = _admission_marker()
-    if marker is not None:
-        extra_args[MARKER_KEY] = marker
-        stop_token_ids = list(params.stop_token_ids or ())
-        if marker not in stop_token_ids:
-            params.stop_token_ids = [*stop_token_ids, marker]
-            params.all_stop_token_ids.add(marker)  # vLLM's min_tokens mask reads this set
     params.extra_args = extra_args
+    stamp_stop_marker(params, context)
+
+
+def stamp_stop_marker(params: SamplingParams, context: Any = None) -> int | None:
+    """Make the marker token a stop token of `params` and record it in ``extra_args`` (a new dict); returns it.
+
+    The admission step of every control that stops samples in-engine (First Finish, the confidence stop): the
+    processor forces the marker on a sample it stops, and the engine core ends the sample there. None when the
+    model has no single marker token (nothing stamped).
+    """
+    # A new dict (the caller's may be shared); a marker a client sent is never taken over.
+    extra_args = {k: v for k, v in (params.extra_args or {}).items() if k != MARKER_KEY}
+    params.extra_args = extra_args
+    marker = _admission_marker(context if context is not None else _admission_context())
+    if marker is None:
+        return None
+    extra_args[MARKER_KEY] = marker
+    stop_token_ids = list(params.stop_token_ids or ())
+    if marker not in stop_token_ids:
+        params.stop_token_ids = [*stop_token_ids, marker]
+        params.all_stop_token_ids.add(marker)  # vLLM's min_tokens mask reads this set
+    return marker
 
 
 def _race_key(
@@ -315,7 +374,7 @@ def _race_size(extra_args: dict[str, Any], spec: FirstFinishRequest) -> int | No
     return size
 
 
-def _stamped_marker(params: SamplingParams, vocab_size: int | None) -> int | None:
+def stamped_marker(params: SamplingParams, vocab_size: int | None) -> int | None:
     """The marker token admission stamped (and appended to ``stop_token_ids``), if any."""
     marker = (params.extra_args or {}).get(MARKER_KEY)
     if isinstance(marker, bool) or not isinstance(marker, int) or marker < 0:
@@ -582,7 +641,7 @@ class FirstFinishMember:
         spec = parse_first_finish_args(params.extra_args)
         if spec is None:
             return None
-        marker = _stamped_marker(params, vocab_size)
+        marker = stamped_marker(params, vocab_size)
         stop_ids = _natural_stop_ids(params, marker)
         if not stop_ids and marker is None:
             return None  # nothing can end this sample; validate_params rejects this case at admission

@@ -87,10 +87,19 @@ _NOT_FOUND = object()
 
 @dataclass(frozen=True)
 class AdmissionContext:
-    """The frontend engine a request is admitted to."""
+    """The frontend engine a request is admitted to.
+
+    `engines` is how many data-parallel engine cores the frontend's client spreads requests over (and the n samples
+    of one request: vLLM 0.32's load-balancing client routes each sample on its own); 1 without data parallelism,
+    and with one engine per frontend (external load balancing, offline per-rank `LLM`s). `data_parallel_rank` is the
+    engine the request was sent to explicitly (`X-data-parallel-rank`, `AsyncLLM.generate(data_parallel_rank=)`):
+    all its samples then run there.
+    """
 
     vocab: TokenizerVocab | None | object  # `_NOT_FOUND`: not an admission path we know
     speculative: bool = False
+    engines: int = 1
+    data_parallel_rank: int | None = None
 
 
 # Set by `admission_tokenizer` for frontends that validate outside vLLM's InputProcessor.
@@ -131,13 +140,14 @@ def admission_context(max_depth: int = 12) -> AdmissionContext:
             if isinstance(owner, cls):
                 vllm_config = getattr(owner, "vllm_config", None)
                 speculative = getattr(owner, "speculative_config", None) is not None
+                routing = _data_parallel_routing(vllm_config, owner, frame)
                 tokenizer = owner.tokenizer
                 if tokenizer is None:
-                    return AdmissionContext(None, speculative)
+                    return AdmissionContext(None, speculative, *routing)
                 vocab = vocab_for(
                     tokenizer, owner.model_config.get_vocab_size(), reasoning_delimiters(vllm_config)
                 )
-                return AdmissionContext(vocab, speculative)
+                return AdmissionContext(vocab, speculative, *routing)
             frame = frame.f_back
     try:
         from vllm.config import get_current_vllm_config_or_none
@@ -148,6 +158,35 @@ def admission_context(max_depth: int = 12) -> AdmissionContext:
     if config is not None and getattr(config, "model_config", None) is not None:
         return AdmissionContext(_engine_vocab(config), config.speculative_config is not None)
     return AdmissionContext(_NOT_FOUND)
+
+
+def load_balanced_engines(parallel_config: Any) -> int:
+    """Data-parallel engine cores one frontend load-balances over (vLLM 0.32: `DPLBAsyncMPClient` routes each
+    request, and each of the n samples of a request, to the least loaded of them); 1 when it talks to one engine."""
+    size = int(getattr(parallel_config, "data_parallel_size", 1) or 1)
+    if size <= 1 or getattr(parallel_config, "data_parallel_external_lb", False):
+        return 1
+    if getattr(parallel_config, "data_parallel_rank_local", None) is not None:  # offline: one LLM per rank
+        return 1
+    if getattr(parallel_config, "local_engines_only", False):
+        return int(getattr(parallel_config, "data_parallel_size_local", size) or size)
+    return size
+
+
+def _data_parallel_routing(vllm_config: Any, owner: Any, frame: Any) -> tuple[int, int | None]:
+    """(engines, explicit rank) for the request being admitted: the rank is `process_inputs`' own argument, a few
+    frames up from the validator (vLLM passes it nowhere else before routing)."""
+    engines = load_balanced_engines(getattr(vllm_config, "parallel_config", None))
+    if engines == 1:
+        return 1, None
+    for _ in range(4):
+        if frame is None:
+            break
+        if frame.f_code.co_name.startswith("process_inputs") and frame.f_locals.get("self") is owner:
+            rank = frame.f_locals.get("data_parallel_rank")
+            return engines, rank if isinstance(rank, int) else None
+        frame = frame.f_back
+    return engines, None
 
 
 def admission_vocab(max_depth: int = 12) -> TokenizerVocab | None | object:
@@ -299,8 +338,11 @@ class _V1Adapter:
         for slot in batch_update.removed:
             self._leave(slot, stash=True)
         admit: list[tuple[int, list[object | None], Any]] = []
-        for slot, params, prompt_ids, output_ids in batch_update.added:
+        # Every overwritten slot's occupant leaves first: a request moved by one update from one index to another
+        # (removed at one, re-added at another) finds its stash entry.
+        for slot, *_ in batch_update.added:
             self._leave(slot, stash=True)
+        for slot, params, prompt_ids, output_ids in batch_update.added:
             stashed = self._stash.pop(id(output_ids), None)
             if stashed is not None and stashed[0] is output_ids and len(output_ids) >= stashed[1]:
                 _, observed, snaps, requests, prompt = stashed
@@ -375,6 +417,8 @@ class _V1Adapter:
         for comp in self.components:
             comp.observe(slots, token_t, out_len - 1, valid)
         self.observed[slots_np] = lengths
+        for comp in self.components:
+            comp.inspect(logits, slots, slots_np, out_len, slots)
         for comp in self.components:
             logits = comp.apply(logits, slots, slots_np, out_len, slots)
         return logits
@@ -505,6 +549,8 @@ class _V2Adapter:
         rs = self.req_states
         slots = ctx.expanded_idx_mapping.long()
         out_len = rs.total_len.gpu[slots].long() - rs.prompt_len.gpu[slots].long()
+        for comp in self.components:
+            comp.inspect(logits, slots, idx_np, out_len, None)
         for comp in self.components:
             logits = comp.apply(logits, slots, idx_np, out_len, None)
         return logits

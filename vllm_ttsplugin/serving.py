@@ -15,10 +15,15 @@ processor cannot do this part: it runs in the engine core and sees neither HTTP 
 - makes results readable by a plain OpenAI client (no vLLM-specific field needed), for requests with ``tts_*``
   keys: each choice gets a ``tts`` object with its thinking report (`vllm_ttsplugin.report.ThinkingReport` as
   JSON) and, with First Finish, ``first_finish`` (``"winner"``, ``"stopped"`` or ``"unfinished"``) and the
-  winners' ``rank`` (finishing order); samples FFS stopped get ``finish_reason="abort"`` instead of ``"stop"``;
+  winners' ``rank`` (finishing order); with a ``tts_confidence_threshold``, ``confidence`` (``"stopped"`` or
+  ``"kept"``); samples FFS or the confidence rule stopped get ``finish_reason="abort"`` instead of ``"stop"``;
   and in a non-streamed response the winners come first, in finishing order (``choices[0]`` is the first
   finisher; each choice keeps its ``index``). To compute reports it asks vLLM for token ids and removes them
-  again when the client did not ask for them (``return_token_ids``).
+  again when the client did not ask for them (``return_token_ids``);
+- under data parallelism, sends each First Finish request to one engine core (round robin over the engines the
+  server balances, via vLLM's ``X-data-parallel-rank`` header, unless the client set it): vLLM would otherwise
+  spread the n samples of a request over the engines, where a race cannot see its siblings (admission refuses
+  such a request; see `vllm_ttsplugin.ffs`).
 
 Requests without ``tts_*`` keys pass through untouched (their bodies are not even parsed twice: only read).
 """
@@ -30,6 +35,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from vllm_ttsplugin.confidence import THRESHOLD_KEY
 from vllm_ttsplugin.config import KEY_PREFIX, ThinkingConfig
 from vllm_ttsplugin.ffs import (
     FFS_MARKER_TEXT,
@@ -59,6 +65,11 @@ ROUTES = {
 # Finish reason of the samples First Finish stopped (vLLM's own word for a request ended from outside; the
 # engine-level `vllm_ttsplugin.first_finish` reports its aborted losers the same way).
 STOPPED_FINISH_REASON = "abort"
+CONFIDENCE_STATUS = (
+    "confidence"  # key of a choice's `tts` report: "stopped" by the confidence rule, or "kept"
+)
+# vLLM's header naming the data-parallel engine of a request (a router may set it).
+DP_RANK_HEADER = b"x-data-parallel-rank"
 
 __all__ = ["STOPPED_FINISH_REASON", "TTSMiddleware"]
 
@@ -68,6 +79,7 @@ class TTSMiddleware:
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
+        self._next_engine = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") not in ROUTES:
@@ -99,8 +111,22 @@ class TTSMiddleware:
         view = _ResponseView(scope["path"], payload, xargs, state)
         payload["return_token_ids"] = True
         body = json.dumps(payload).encode()
-        scope = dict(scope, headers=_with_content_length(scope.get("headers", []), len(body)))
+        headers = _with_content_length(scope.get("headers", []), len(body))
+        if FIRST_FINISH_KEY in xargs or GROUP_KEY in xargs:
+            headers = self._with_engine(headers, state)
+        scope = dict(scope, headers=headers)
         await self.app(scope, _replay(body, receive), view.wrap(send))
+
+    def _with_engine(self, headers: list[tuple[bytes, bytes]], state: Any) -> list[tuple[bytes, bytes]]:
+        """All samples of the request's races in one data-parallel engine (round robin over the engines)."""
+        from vllm_ttsplugin.processor import load_balanced_engines
+
+        config = getattr(state, "vllm_config", None)
+        engines = load_balanced_engines(getattr(config, "parallel_config", None))
+        if engines <= 1 or any(k.lower() == DP_RANK_HEADER for k, _ in headers):
+            return headers
+        rank, self._next_engine = self._next_engine % engines, self._next_engine + 1
+        return [*headers, (DP_RANK_HEADER, str(rank).encode())]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,11 +198,12 @@ class _ResponseView:
         self.keep_token_ids = bool(payload.get("return_token_ids"))
         self.n = int(payload.get("n") or 1)
         self.ffs = FIRST_FINISH_KEY in xargs or GROUP_KEY in xargs
+        self.confidence = THRESHOLD_KEY in xargs
         engine = state.engine_client
         tokenizer = engine.get_tokenizer()
         vocab_size = engine.model_config.get_vocab_size()
         self.vocab = vocab_for(tokenizer, vocab_size) if tokenizer is not None else None
-        self.marker = find_marker_token(tokenizer, vocab_size) if self.ffs else None
+        self.marker = find_marker_token(tokenizer, vocab_size) if self.ffs or self.confidence else None
         config = ThinkingConfig.from_extra_args(xargs, known_keys=tuple(xargs))
         self.thinking = config if config is not None and config.is_active and self.vocab is not None else None
         # Streaming state: prompt ids per prompt, generated ids per choice, natural finishes per prompt.
@@ -303,7 +330,7 @@ class _ResponseView:
 
         report: dict[str, Any] = {}
         stopped = (
-            self.ffs
+            (self.ffs or self.confidence)
             and self.marker is not None
             and choice.get("finish_reason") == "stop"
             and choice.get("stop_reason") == self.marker
@@ -317,6 +344,13 @@ class _ResponseView:
                 report[FIRST_FINISH_STATUS] = "winner"
             else:
                 report[FIRST_FINISH_STATUS] = "unfinished"
+        if self.confidence:
+            # The marker ends samples of either stop; with both controls on, First Finish's report says which
+            # samples won, and this one that the sample was stopped early.
+            report[CONFIDENCE_STATUS] = "stopped" if stopped else "kept"
+            if stopped:
+                choice["finish_reason"] = STOPPED_FINISH_REASON
+                _strip_marker(choice)
         if self.thinking is not None:
             generated = tokens[:-1] if stopped and tokens and tokens[-1] == self.marker else tokens
             thinking = report_tokens(generated, prompt_ids, self.thinking, self.vocab)

@@ -23,6 +23,7 @@ integrating the last step to t = 0 (`final_step="integrate"`, rescored).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ..rewards import RewardFn, check_rewards, reward_input
 from ..stepping import apply_step, draw_noise
 from .adapters import FlowAdapter, adapter_for
 from .budget import NFELedger
+from .distributed import ParticleComm, RowLayout, balanced_owners
 from .planning import METHODS, SearchPlan, plan_search
 from .rbf import RolloverBudgetForcing
 from .smc import SMCState
@@ -41,6 +43,14 @@ from .trace import SearchTrace, StepRecord
 
 FINAL_STEPS = ("tweedie", "integrate")
 ODE_METHODS = ("bon", "sop")
+
+
+def _comparable(value: Any) -> Any:
+    """A call option as the ranks compare it: tensors by shape and dtype (each rank may hold them on its own
+    device), everything else by value."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype))
+    return value
 
 
 @dataclass
@@ -292,6 +302,18 @@ class InferenceScaler:
         self._prompts = prompts
         self._generator = generator
         self._device = self.adapter.device
+        # Sharded over the ranks of the default process group, if one is initialized (see search/distributed.py).
+        self._comm = ParticleComm.from_default_group()
+        if self._comm is not None:
+            seed_state = (generator.get_state() if generator is not None else torch.get_rng_state()).tolist()
+            self._comm.check_same(
+                prompts=prompts,
+                settings=self.settings,
+                budget=self.nfe_budget,
+                steps=self.num_steps,
+                generator=hashlib.sha256(bytes(seed_state)).hexdigest(),
+                options=[(k, _comparable(v)) for k, v in sorted(pipeline_options.items())],
+            )
 
         # 3. Prepare the grid and step coefficients (FlowSDEScheduler does the interpolant math)
         self._prepare_grid()
@@ -304,6 +326,8 @@ class InferenceScaler:
         from tqdm.auto import tqdm
 
         config = {"desc": f"{self.method} search", "unit": "NFE", **self._progress_bar_config}
+        if self._comm is not None and self._comm.rank != 0:
+            config["disable"] = True  # one bar per search, on rank 0
         try:
             with tqdm(total=self.nfe_budget * len(prompts), **config) as self._bar:
                 latents, rewards = getattr(self, f"_search_{self.method}")()
@@ -320,13 +344,18 @@ class InferenceScaler:
         images = self.adapter.postprocess(images, latents, output_type)
         self._trace.nfe = list(self._ledger.used)
         self._trace.final_rewards = rewards.tolist()
+        transformer_rows = self.adapter.transformer_rows - rows_before
+        self.traffic = None
+        if self._comm is not None:
+            transformer_rows = self._comm.total(transformer_rows)
+            self.traffic = self._comm.traffic
         return SearchResult(
             images=images,
             reward=rewards.cpu(),
             nfe=torch.tensor(self._ledger.used, dtype=torch.int64),
             trace=self._trace,
             latents=latents,
-            transformer_rows=self.adapter.transformer_rows - rows_before,
+            transformer_rows=transformer_rows,
         )
 
     # -- building blocks -------------------------------------------------------------------------------------------
@@ -352,30 +381,89 @@ class InferenceScaler:
             return k.to(self._device)
         return torch.full((rows,), int(k), dtype=torch.long, device=self._device)
 
-    def _evaluate(self, x: torch.Tensor, k: int | torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+    # Every helper below works on a global batch of rows; `layout` says which rows this process holds (all of them
+    # in one process, where the helpers are the plain one-process operations). Per-row grid indices `k` and
+    # `prompt_index` are always given for the whole batch; `x`, `u` hold this process's rows.
+    def _layout(self, total: int) -> RowLayout:
+        """Rows 0 … total − 1 of a new batch: all here, or even contiguous blocks over the ranks."""
+        return RowLayout(total) if self._comm is None else self._comm.blocks(total)
+
+    def _take(
+        self, layout: RowLayout, rows: torch.Tensor | None, *tensors: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The global `rows` (`None`: all) of `tensors` (laid out by `layout`), held by every process."""
+        if not layout.sharded:
+            return list(tensors) if rows is None else [t[rows] for t in tensors]
+        rows = torch.arange(layout.total) if rows is None else rows
+        return self._comm.move(list(tensors), layout, rows, self._comm.everywhere(len(rows)))
+
+    def _expand(self, x: torch.Tensor, times: int, layout: RowLayout) -> torch.Tensor:
+        """Each row of `x` (held everywhere) repeated `times` times, as this process's rows of `layout`."""
+        if not layout.sharded:
+            return x.repeat_interleave(times, dim=0)
+        return x.index_select(0, (layout.positions // times).to(x.device))
+
+    def _noise(self, like: torch.Tensor, layout: RowLayout) -> torch.Tensor:
+        """Standard normal noise for this process's rows, drawn for the whole batch (generators stay in step)."""
+        if not layout.sharded:
+            return draw_noise(like, self._generator)
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        full = torch.empty((layout.total, *like.shape[1:]), dtype=dtype, device=like.device)
+        return layout.local(draw_noise(full, self._generator, out=full))
+
+    def _evaluate(
+        self,
+        x: torch.Tensor,
+        k: int | torch.Tensor,
+        prompt_index: torch.Tensor,
+        layout: RowLayout | None = None,
+    ) -> torch.Tensor:
         """Velocities at grid index k (per row or shared): one NFE per row, charged before the call."""
         counts = torch.bincount(prompt_index.cpu(), minlength=len(self._prompts)).tolist()
         self._ledger.charge(counts)
-        t = self._model_times[self._index(k, x.shape[0])]
+        t = self._model_times[self._index(k, len(prompt_index))]
+        if layout is not None and layout.sharded:
+            t, prompt_index = layout.local(t), layout.local(prompt_index)
         u = self.adapter.velocity(x, t, prompt_index)
         if self._bar is not None:
-            self._bar.update(int(x.shape[0]))
+            self._bar.update(len(prompt_index))
         return u
 
-    def _step(self, x: torch.Tensor, u: torch.Tensor, k: int | torch.Tensor) -> torch.Tensor:
+    def _step(
+        self, x: torch.Tensor, u: torch.Tensor, k: int | torch.Tensor, layout: RowLayout | None = None
+    ) -> torch.Tensor:
         """x at grid index k → a sample at k + 1 (SDE or ODE step in the sampler's frame, written in the model's);
         k per row or shared. The scheduler's step function, with one set of coefficients per row."""
-        idx = self._index(k, x.shape[0])
-        coefs = (self._coef_sample[idx], self._coef_velocity[idx], self._coef_noise[idx])
-        return apply_step(x, u, *coefs, generator=self._generator)
+        if layout is None or not layout.sharded:
+            idx = self._index(k, x.shape[0])
+            coefs = (self._coef_sample[idx], self._coef_velocity[idx], self._coef_noise[idx])
+            return apply_step(x, u, *coefs, generator=self._generator)
+        idx = self._index(k, layout.total)
+        noise_coef = self._coef_noise[idx]
+        noise = self._noise(x, layout) if bool((noise_coef != 0).any()) else None
+        coefs = (
+            layout.local(self._coef_sample[idx]),
+            layout.local(self._coef_velocity[idx]),
+            layout.local(noise_coef),
+        )
+        return apply_step(x, u, *coefs, noise=noise)
 
-    def _tweedie(self, x: torch.Tensor, u: torch.Tensor | None, k: int | torch.Tensor) -> torch.Tensor:
+    def _tweedie(
+        self, x: torch.Tensor, u: torch.Tensor | None, k: int | torch.Tensor, layout: RowLayout | None = None
+    ) -> torch.Tensor:
         if u is None:
             return x
-        idx = self._index(k, x.shape[0])
+        idx = self._index(k, x.shape[0] if layout is None else layout.total)
+        if layout is not None:
+            idx = layout.local(idx)
         return apply_step(x, u, self._x0_sample[idx], self._x0_velocity[idx])
 
-    def _score(self, x0: torch.Tensor, prompt_index: torch.Tensor, where: str) -> torch.Tensor:
+    def _score(
+        self, x0: torch.Tensor, prompt_index: torch.Tensor, where: str, layout: RowLayout | None = None
+    ) -> torch.Tensor:
+        """Rewards `[rows]` (float64) of the whole batch, on every process."""
+        if layout is not None and layout.sharded:
+            return self._score_sharded(x0, prompt_index, where, layout)
         prompts = [self._prompts[i] for i in prompt_index.tolist()]
         inputs = x0 if self.reward_input == "latent" else self.adapter.decode_batched(x0)
         values = self.reward(inputs, prompts)
@@ -386,6 +474,24 @@ class InferenceScaler:
             where=f"{self.method}, {where}",
             device=x0.device,
         )
+
+    def _score_sharded(self, x0, prompt_index, where: str, layout: RowLayout) -> torch.Tensor:
+        """Score this process's rows, all-gather. A failing reward fails every rank (none waits forever)."""
+        local, error = None, None
+        try:
+            local = self._score(x0, layout.local(prompt_index), where)
+        except Exception as err:  # re-raised below, after the other ranks have learnt of it
+            error = err
+        rewards, failed = self._comm.gather_values(
+            local if local is not None else x0.new_zeros(0), layout, failed=error is not None
+        )
+        if error is not None:
+            raise error
+        if failed:
+            raise RuntimeError(
+                f"{self.method}, {where}: the reward failed on rank(s) {failed} (see their errors)"
+            )
+        return rewards.to(x0.device)
 
     def _record(self, **fields) -> StepRecord:
         prompt = fields["prompt"]
@@ -407,20 +513,22 @@ class InferenceScaler:
             self.callback(self, record)
         return record
 
-    def _finish(self, x: torch.Tensor, u: torch.Tensor, rewards: torch.Tensor, group: int) -> tuple:
+    def _finish(
+        self, x: torch.Tensor, u: torch.Tensor, rewards: torch.Tensor, group: int, layout: RowLayout
+    ) -> tuple:
         """Pick each prompt's best of `group` final candidates (rows grouped by prompt), in the final-step mode."""
         num_prompts = len(self._prompts)
-        prompt_index = torch.arange(num_prompts, device=x.device).repeat_interleave(group)
+        prompt_index = torch.arange(num_prompts, device=self._device).repeat_interleave(group)
         last = self.num_steps - 1
         if self.final_step == "integrate":
-            x = self._step(x, u, last)
-            rewards = self._score(x, prompt_index, "final sample at t=0")
+            x = self._step(x, u, last, layout)
+            rewards = self._score(x, prompt_index, "final sample at t=0", layout)
             candidates = x
         else:
-            candidates = self._tweedie(x, u, last)
+            candidates = self._tweedie(x, u, last, layout)
         by_prompt = rewards.view(num_prompts, group)
         choice = by_prompt.argmax(dim=1)
-        rows = torch.arange(num_prompts, device=x.device) * group + choice
+        rows = torch.arange(num_prompts, device=rewards.device) * group + choice
         for b in range(num_prompts):
             self._record(
                 prompt=b,
@@ -429,7 +537,8 @@ class InferenceScaler:
                 rewards=by_prompt[b].tolist(),
                 selected=[int(choice[b])],
             )
-        return candidates[rows], rewards[rows]
+        (chosen,) = self._take(layout, rows, candidates)
+        return chosen, rewards[rows]
 
     def _pick(self, rewards: torch.Tensor, groups: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Argmax within consecutive groups of `size` rows → (chosen row per group, its index within the group)."""
@@ -441,42 +550,54 @@ class InferenceScaler:
         plan, num_prompts = self.plan, len(self._prompts)
         n = plan.num_particles
         prompt_index = torch.arange(num_prompts, device=self._device).repeat_interleave(n)
-        x = self.adapter.initial_noise(num_prompts * n, self._generator)
+        layout = self._layout(num_prompts * n)
+        x = layout.local(self.adapter.initial_noise(num_prompts * n, self._generator))
         u = None
         for k in range(self.num_steps):
             if k > 0:
-                x = self._step(x, u, k - 1)
-            u = self._evaluate(x, k, prompt_index)
+                x = self._step(x, u, k - 1, layout)
+            u = self._evaluate(x, k, prompt_index, layout)
         last = self.num_steps - 1
         rewards = None
         if self.final_step == "tweedie":
-            rewards = self._score(self._tweedie(x, u, last), prompt_index, f"step {last}")
-        return self._finish(x, u, rewards, n)
+            rewards = self._score(self._tweedie(x, u, last, layout), prompt_index, f"step {last}", layout)
+        return self._finish(x, u, rewards, n, layout)
 
     def _search_smc(self):
         plan, num_prompts = self.plan, len(self._prompts)
         n = plan.num_particles
         prompt_index = torch.arange(num_prompts, device=self._device).repeat_interleave(n)
-        x = self.adapter.initial_noise(num_prompts * n, self._generator)
-        u = self._evaluate(x, 0, prompt_index)
-        rewards = self._score(self._tweedie(x, u, 0), prompt_index, "step 0")
+        layout = self._layout(num_prompts * n)
+        x = layout.local(self.adapter.initial_noise(num_prompts * n, self._generator))
+        u = self._evaluate(x, 0, prompt_index, layout)
+        rewards = self._score(self._tweedie(x, u, 0, layout), prompt_index, "step 0", layout)
         state = SMCState(plan.smc, plan.search_steps, rewards.view(num_prompts, n), where="smc")
-        x, u, rewards = self._smc_select(state, state.start(), x, u, rewards, "init")
+        x, u, rewards, layout = self._smc_select(state, state.start(), x, u, rewards, "init", layout)
         for k in range(1, plan.search_steps + 1):
-            x = self._step(x, u, k - 1)
-            u = self._evaluate(x, k, prompt_index)
-            rewards = self._score(self._tweedie(x, u, k), prompt_index, f"step {k}")
+            x = self._step(x, u, k - 1, layout)
+            u = self._evaluate(x, k, prompt_index, layout)
+            rewards = self._score(self._tweedie(x, u, k, layout), prompt_index, f"step {k}", layout)
             decision = state.update(rewards.view(num_prompts, n), k)
-            x, u, rewards = self._smc_select(state, decision, x, u, rewards, "propose")
-        return self._finish(x, u, rewards, n)
+            x, u, rewards, layout = self._smc_select(state, decision, x, u, rewards, "propose", layout)
+        return self._finish(x, u, rewards, n, layout)
 
-    def _smc_select(self, state: SMCState, decision, x, u, rewards, kind: str):
-        """Resample the prompts the SMC step marked (the last step never does: it selects by argmax) and record."""
+    def _smc_select(self, state: SMCState, decision, x, u, rewards, kind: str, layout: RowLayout):
+        """Resample the prompts the SMC step marked (the last step never does: it selects by argmax) and record.
+        Sharded: every process draws the same ancestors; only particles whose ancestor is held elsewhere move."""
         num_prompts = len(self._prompts)
         proposal_rewards = rewards.view(num_prompts, -1).tolist()
         ancestors = None
         if bool(decision.resample.any()):
-            (x, u, rewards), ancestors = state.resample(decision, [x, u, rewards], self._generator)
+            if not layout.sharded:
+                (x, u, rewards), ancestors = state.resample(decision, [x, u, rewards], self._generator)
+            else:
+                (rewards,), ancestors = state.resample(decision, [rewards], self._generator)
+                n = ancestors.shape[1]
+                sources = (ancestors.cpu() + torch.arange(num_prompts)[:, None] * n).flatten()
+                owners = balanced_owners(sources, layout.owners, self._comm.world_size)
+                moved = RowLayout(layout.total, owners, self._comm.rank)
+                x, u = self._comm.move([x, u], layout, sources, moved)
+                layout = moved
         for b in range(num_prompts):
             resampled = bool(decision.resample[b])
             self._record(
@@ -488,16 +609,18 @@ class InferenceScaler:
                 resampled=resampled,
                 ancestors=ancestors[b].tolist() if resampled else None,
             )
-        return x, u, rewards
+        return x, u, rewards, layout
 
     def _init_chains(self, chains: int, init: int):
-        """Best of `init` initial noises per chain: (x, u, rewards) with one row per (prompt, chain)."""
+        """Best of `init` initial noises per chain: (x, u, rewards) with one row per (prompt, chain), held by every
+        process."""
         num_prompts = len(self._prompts)
         groups = num_prompts * chains
         prompt_index = torch.arange(num_prompts, device=self._device).repeat_interleave(chains * init)
-        x = self.adapter.initial_noise(groups * init, self._generator)
-        u = self._evaluate(x, 0, prompt_index)
-        rewards = self._score(self._tweedie(x, u, 0), prompt_index, "initial noise")
+        layout = self._layout(groups * init)
+        x = layout.local(self.adapter.initial_noise(groups * init, self._generator))
+        u = self._evaluate(x, 0, prompt_index, layout)
+        rewards = self._score(self._tweedie(x, u, 0, layout), prompt_index, "initial noise", layout)
         rows, choice = self._pick(rewards, groups, init)
         for g in range(groups):
             self._record(
@@ -508,7 +631,8 @@ class InferenceScaler:
                 rewards=rewards[g * init : (g + 1) * init].tolist(),
                 selected=[int(choice[g])],
             )
-        return x[rows], u[rows], rewards[rows]
+        x, u = self._take(layout, rows, x, u)
+        return x, u, rewards[rows]
 
     def _search_svdd(self):
         return self._search_code()
@@ -518,22 +642,23 @@ class InferenceScaler:
         chains, k_props = plan.num_chains, plan.num_proposals
         x, u, rewards = self._init_chains(chains, plan.init_particles)
         cand_prompt = torch.arange(num_prompts, device=self._device).repeat_interleave(chains * k_props)
+        layout = self._layout(len(cand_prompt))
         k = 0
         while k < plan.search_steps:
             length = min(plan.block_size, plan.search_steps - k)
-            cx = x.repeat_interleave(k_props, dim=0)
-            cu = u.repeat_interleave(k_props, dim=0)
+            cx = self._expand(x, k_props, layout)
+            cu = self._expand(u, k_props, layout)
             for j in range(length):
-                cx = self._step(cx, cu, k + j)
-                cu = self._evaluate(cx, k + j + 1, cand_prompt)
+                cx = self._step(cx, cu, k + j, layout)
+                cu = self._evaluate(cx, k + j + 1, cand_prompt, layout)
             k += length
-            x, u, rewards = self._keep_best(cx, cu, k, cand_prompt, chains, k_props)
-        return self._finish(x, u, rewards, chains)
+            x, u, rewards = self._keep_best(cx, cu, k, cand_prompt, chains, k_props, layout)
+        return self._finish(x, u, rewards, chains, RowLayout(len(rewards)))
 
-    def _keep_best(self, cx, cu, step: int, cand_prompt, chains: int, k_props: int):
+    def _keep_best(self, cx, cu, step: int, cand_prompt, chains: int, k_props: int, layout: RowLayout):
         """Score K candidates per chain at grid `step` (Tweedie), keep each chain's best, record the selection."""
-        groups = cx.shape[0] // k_props
-        scores = self._score(self._tweedie(cx, cu, step), cand_prompt, f"step {step}")
+        groups = layout.total // k_props
+        scores = self._score(self._tweedie(cx, cu, step, layout), cand_prompt, f"step {step}", layout)
         rows, choice = self._pick(scores, groups, k_props)
         for g in range(groups):
             self._record(
@@ -544,7 +669,8 @@ class InferenceScaler:
                 rewards=scores[g * k_props : (g + 1) * k_props].tolist(),
                 selected=[int(choice[g])],
             )
-        return cx[rows], cu[rows], scores[rows]
+        x, u = self._take(layout, rows, cx, cu)
+        return x, u, scores[rows]
 
     def _search_sop(self):
         from ..interpolants import LinearInterpolant, renoise
@@ -554,24 +680,27 @@ class InferenceScaler:
         groups = num_prompts * chains
         chain_prompt = torch.arange(num_prompts, device=self._device).repeat_interleave(chains)
         cand_prompt = chain_prompt.repeat_interleave(k_props)
-        x = self.adapter.initial_noise(groups, self._generator)
+        seeds = self._layout(groups)
+        x = seeds.local(self.adapter.initial_noise(groups, self._generator))
         for k in range(plan.seed_steps):
-            x = self._step(x, self._evaluate(x, k, chain_prompt), k)
+            x = self._step(x, self._evaluate(x, k, chain_prompt, seeds), k, seeds)
+        (x,) = self._take(seeds, None, x)
         for b in range(num_prompts):
             self._record(prompt=b, step=plan.seed_steps, kind="init", rewards=[])
         linear = LinearInterpolant()
+        layout = self._layout(len(cand_prompt))
         level, u, rewards = plan.seed_steps, None, None
         while level < plan.search_steps:
             start = level - forward
-            cx = x.repeat_interleave(k_props, dim=0)
-            noise = draw_noise(cx, self._generator)
+            cx = self._expand(x, k_props, layout)
+            noise = self._noise(cx, layout)
             cx = renoise(cx, float(self._times[level]), float(self._times[start]), linear, noise=noise)
             for k in range(start, level + 1):
-                cx = self._step(cx, self._evaluate(cx, k, cand_prompt), k)
+                cx = self._step(cx, self._evaluate(cx, k, cand_prompt, layout), k, layout)
             level += 1
-            cu = self._evaluate(cx, level, cand_prompt)
-            x, u, rewards = self._keep_best(cx, cu, level, cand_prompt, chains, k_props)
-        return self._finish(x, u, rewards, chains)
+            cu = self._evaluate(cx, level, cand_prompt, layout)
+            x, u, rewards = self._keep_best(cx, cu, level, cand_prompt, chains, k_props, layout)
+        return self._finish(x, u, rewards, chains, RowLayout(len(rewards)))
 
     def _search_rbf(self):
         plan, num_prompts = self.plan, len(self._prompts)
@@ -598,26 +727,33 @@ class InferenceScaler:
             if not active:
                 break
             rows = torch.tensor(active, dtype=torch.long, device=self._device)
+            layout = self._layout(len(active))  # one proposal per active chain, spread over the processes
             here = position[rows]
-            proposal = self._step(x[rows], u[rows], here)
+            mine = layout.local(rows)
+            proposal = self._step(x[mine], u[mine], here, layout)
             prompt_index = rows // chains
-            pu = self._evaluate(proposal, here + 1, prompt_index)
-            scores = self._score(self._tweedie(proposal, pu, here + 1), prompt_index, "proposal")
+            pu = self._evaluate(proposal, here + 1, prompt_index, layout)
+            scores = self._score(
+                self._tweedie(proposal, pu, here + 1, layout), prompt_index, "proposal", layout
+            )
+            # Decide first, copy after: the proposals kept (a chain's new best, an accepted step) are fetched once.
+            new_best, new_x = {}, {}  # chain → proposal index; chain → proposal index or None (its best)
             for i, g in enumerate(active):
                 b, c = divmod(g, chains)
                 reward = float(scores[i])
                 if reward > float(best_r[g]) or machines[b].used[c] == 0:
-                    best_x[g], best_u[g], best_r[g] = proposal[i], pu[i], scores[i]
+                    best_r[g] = scores[i]
+                    new_best[g] = i
                 decision = machines[b].observe(c, reward)
                 if decision.action == "accept":
-                    x[g], u[g] = proposal[i], pu[i]
+                    new_x[g] = i
                 elif decision.action == "exhausted":
-                    x[g], u[g] = best_x[g], best_u[g]
+                    new_x[g] = None
                 if decision.action in ("accept", "exhausted"):
                     position[g] += 1
                     best_r[g] = -math.inf
                 elif decision.action == "done":
-                    x[g], u[g], final_r[g] = best_x[g], best_u[g], best_r[g]
+                    new_x[g], final_r[g] = None, best_r[g]
                     position[g] += 1
                 self._record(
                     prompt=b,
@@ -631,7 +767,16 @@ class InferenceScaler:
                     rollover=decision.rollover,
                     action=decision.action,
                 )
-        return self._finish(x, u, final_r, chains)
+            kept = sorted(set(new_best.values()) | {i for i in new_x.values() if i is not None})
+            slot = {i: j for j, i in enumerate(kept)}
+            kept_x, kept_u = self._take(
+                layout, torch.tensor(kept, dtype=torch.long, device=self._device), proposal, pu
+            )
+            for g, i in new_best.items():
+                best_x[g], best_u[g] = kept_x[slot[i]], kept_u[slot[i]]
+            for g, i in new_x.items():
+                x[g], u[g] = (best_x[g], best_u[g]) if i is None else (kept_x[slot[i]], kept_u[slot[i]])
+        return self._finish(x, u, final_r, chains, RowLayout(groups))
 
 
 __all__ = ["METHODS", "InferenceScaler", "SearchResult"]

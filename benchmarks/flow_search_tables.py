@@ -1,0 +1,258 @@
+"""The Rollover Budget Forcing paper's tables in miniature, on the trained counting model.
+
+Every method (base sampling, BoN, SoP, SMC, CoDe, SVDD, RBF) × sampler (ODE, linear SDE, VP-SDE) × NFE budget on
+the counting task of `diffusers_ttsplugin.counting`: the reward is the paper's counting reward −Σ(count error)²
+on the decoded Tweedie estimates, and the returned samples are scored with the paper's metrics, RSS and accuracy,
+plus the trained matching score (`CountMatchReward`, our VQAScore stand-in). As in the paper, BoN and SoP run on the
+ODE (they do not need a stochastic sampler) and the particle methods on all three samplers; base sampling on all
+three. Each cell is `--prompts` test prompts (`make_prompts(P, seed=--seed)`), one search each, run as one
+`InferenceScaler` call (every prompt has its own budget and particles): mean ± s.e.m. over the prompts, and the
+exact NFE used per prompt. The diversity ablation draws `--diversity-samples` plain samples per prompt with each
+sampler and reports the mean pairwise RMS pixel distance (LPIPS needs a network we cannot download) and the
+fraction of sample pairs whose counts differ.
+
+    python benchmarks/flow_search_tables.py --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from diffusers_ttsplugin.counting import (
+    CountingReward,
+    CountMatchReward,
+    count_objects,
+    counting_metrics,
+    load_pipeline,
+    make_prompts,
+)
+from diffusers_ttsplugin.search import InferenceScaler
+from diffusers_ttsplugin.search.demo import mean_sem
+
+SAMPLERS = {
+    "ODE": {"sampler": "ode", "interpolant": "linear"},
+    "linear-SDE": {"sampler": "sde", "interpolant": "linear"},
+    "VP-SDE": {"sampler": "sde", "interpolant": "vp"},
+}
+#: (method, samplers) as in the paper's table: BoN and SoP on the ODE, particle methods on every sampler.
+ROWS = [
+    ("base", tuple(SAMPLERS)),
+    ("bon", ("ODE",)),
+    ("sop", ("ODE",)),
+    ("smc", tuple(SAMPLERS)),
+    ("code", tuple(SAMPLERS)),
+    ("svdd", tuple(SAMPLERS)),
+    ("rbf", tuple(SAMPLERS)),
+]
+
+
+def run_cell(pipe, reward, matcher, prompts, method, sampler, budget, args) -> dict:
+    knobs = {"num_particles": 1} if method == "base" else {}
+    scaler = InferenceScaler(
+        pipe,
+        reward,
+        method="bon" if method == "base" else method,
+        nfe_budget=args.steps if method == "base" else budget,
+        num_steps=args.steps,
+        max_batch_size=args.max_batch_size,
+        **SAMPLERS[sampler],
+        **knobs,
+    )
+    scaler.set_progress_bar_config(disable=True)
+    texts = [p.prompt for p in prompts]
+    start = time.perf_counter()
+    result = scaler(texts, generator=torch.Generator().manual_seed(args.seed), output_type="pt")
+    seconds = time.perf_counter() - start
+    metrics = counting_metrics(count_objects(result.images), [p.counts for p in prompts])
+    match = [float(v) for v in matcher(result.images, texts)]
+    m_mean, m_sem = mean_sem(match)
+    nfe = result.nfe.tolist()
+    return {
+        "method": method,
+        "sampler": sampler,
+        "budget": args.steps if method == "base" else budget,
+        "nfe_min": min(nfe),
+        "nfe_max": max(nfe),
+        "plan": {k: v for k, v in vars(scaler.plan).items() if isinstance(v, int | float | str | bool)},
+        **metrics,
+        "reward_mean": statistics.fmean(float(r) for r in result.reward),
+        "match": m_mean,
+        "match_sem": m_sem,
+        "seconds": seconds,
+    }
+
+
+def diversity(pipe, prompts, args) -> dict:
+    """Per sampler: mean pairwise RMS distance between `k` plain samples of one prompt, and how often two samples'
+    counts differ; mean ± s.e.m. over the prompts."""
+    out = {}
+    k = args.diversity_samples
+    for sampler in SAMPLERS:
+        scaler = InferenceScaler(
+            pipe,
+            CountingReward(),
+            method="bon",
+            nfe_budget=args.steps,
+            num_steps=args.steps,
+            num_particles=1,
+            **SAMPLERS[sampler],
+        )
+        scaler.set_progress_bar_config(disable=True)
+        texts = [p.prompt for p in prompts for _ in range(k)]
+        images = scaler(
+            texts, generator=torch.Generator().manual_seed(args.seed + 1), output_type="pt"
+        ).images
+        images = images.view(len(prompts), k, -1).double()
+        counts = count_objects(images.view(-1, 3, 32, 32).float())
+        pair_i, pair_j = zip(*itertools.combinations(range(k), 2), strict=True)
+        distance = (images[:, list(pair_i)] - images[:, list(pair_j)]).pow(2).mean(-1).sqrt().mean(-1)
+        differ = [
+            statistics.fmean(
+                counts[p * k + i] != counts[p * k + j] for i, j in zip(pair_i, pair_j, strict=True)
+            )
+            for p in range(len(prompts))
+        ]
+        d_mean, d_sem = mean_sem(distance.tolist())
+        c_mean, c_sem = mean_sem(differ)
+        out[sampler] = {
+            "pixel_mpd": d_mean,
+            "pixel_mpd_sem": d_sem,
+            "count_differ": c_mean,
+            "count_differ_sem": c_sem,
+        }
+        print(
+            f"diversity {sampler:10s}: pixel MPD {d_mean:.4f} ± {d_sem:.4f}, counts differ {c_mean:.3f} ± {c_sem:.3f}"
+        )
+    return out
+
+
+def table(cells: list[dict], budgets: list[int]) -> str:
+    header = "| method | sampler | " + " | ".join(f"{b} NFE: acc ↑ | RSS ↓ | match ↑ | NFE" for b in budgets)
+    lines = [header, "|" + "---|" * (2 + 4 * len(budgets))]
+    keys = list(dict.fromkeys((c["method"], c["sampler"]) for c in cells))
+    for method, sampler in keys:
+        row = [method, sampler]
+        for b in budgets:
+            c = next(
+                (
+                    x
+                    for x in cells
+                    if x["method"] == method
+                    and x["sampler"] == sampler
+                    and (x["budget"] == b or method == "base")
+                ),
+                None,
+            )
+            if c is None:
+                row += ["–"] * 4
+                continue
+            nfe = f"{c['nfe_max']}" if c["nfe_min"] == c["nfe_max"] else f"{c['nfe_min']}–{c['nfe_max']}"
+            row += [
+                f"{c['accuracy']:.3f} ± {c['accuracy_sem']:.3f}",
+                f"{c['rss']:.2f} ± {c['rss_sem']:.2f}",
+                f"{c['match']:.3f} ± {c['match_sem']:.3f}",
+                nfe,
+            ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict], budgets: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    methods = [m for m, _ in ROWS if m != "base"]
+    width = 0.8 / len(SAMPLERS)
+    for ax, budget in zip(axes, budgets[:2], strict=False):
+        for s, sampler in enumerate(SAMPLERS):
+            xs, ys, es = [], [], []
+            for i, method in enumerate(["base", *methods]):
+                c = next(
+                    (
+                        x
+                        for x in cells
+                        if x["method"] == method
+                        and x["sampler"] == sampler
+                        and (x["budget"] == budget or method == "base")
+                    ),
+                    None,
+                )
+                if c:
+                    xs.append(i + (s - 1) * width)
+                    ys.append(c["accuracy"])
+                    es.append(c["accuracy_sem"])
+            ax.bar(xs, ys, width, yerr=es, label=sampler, capsize=2)
+        ax.set_xticks(range(len(methods) + 1), ["base", *methods])
+        ax.set_title(f"counting accuracy at {budget} NFE (base: {budgets and cells[0]['budget']} NFE)")
+        ax.set_ylim(0, 1)
+        ax.legend()
+    fig.suptitle("Search on the trained counting model: mean ± s.e.m. over prompts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=32, help="test prompts per cell (default: 32)")
+    parser.add_argument(
+        "--budgets", type=int, nargs="+", default=[50, 100], help="NFE budgets (default: 50 100)"
+    )
+    parser.add_argument("--steps", type=int, default=10, help="grid steps (default: 10, the paper's)")
+    parser.add_argument("--seed", type=int, default=0, help="prompt and search seed (default: 0)")
+    parser.add_argument("--diversity-samples", type=int, default=8, help="samples per prompt for diversity")
+    parser.add_argument("--max-batch-size", type=int, default=256, help="transformer rows per call")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, shared CPU)")
+    parser.add_argument("--methods", nargs="+", default=[m for m, _ in ROWS], help="subset of the rows")
+    parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = load_pipeline()
+    prompts = make_prompts(args.prompts, seed=args.seed)
+    reward, matcher = CountingReward(), CountMatchReward()
+    record = {
+        "command": "python benchmarks/flow_search_tables.py " + " ".join(argv or []),
+        "args": vars(args),
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+        "cells": [],
+    }
+    json_path = out / "flow_search_tables.json"
+    start = time.perf_counter()
+    for method, samplers in ROWS:
+        if method not in args.methods:
+            continue
+        for sampler in samplers:
+            for budget in args.budgets[:1] if method == "base" else args.budgets:
+                cell = run_cell(pipe, reward, matcher, prompts, method, sampler, budget, args)
+                record["cells"].append(cell)
+                print(
+                    f"{method:5s} {sampler:10s} {cell['budget']:4d} NFE (used {cell['nfe_min']}–{cell['nfe_max']}): "
+                    f"acc {cell['accuracy']:.3f} ± {cell['accuracy_sem']:.3f}, RSS {cell['rss']:.2f} ± "
+                    f"{cell['rss_sem']:.2f}, match {cell['match']:.3f} ({cell['seconds']:.0f} s)",
+                    flush=True,
+                )
+                json_path.write_text(json.dumps(record, indent=2) + "\n")  # partial results survive
+    record["diversity"] = diversity(pipe, prompts, args)
+    record["seconds"] = time.perf_counter() - start
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
+    (out / "flow_search_tables.md").write_text(table(record["cells"], args.budgets) + "\n")
+    plot(record["cells"], args.budgets, out / "flow_search_tables.png")
+    print(table(record["cells"], args.budgets))
+    print(f"total {record['seconds']:.0f} s -> {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
