@@ -12,6 +12,9 @@ sampler and reports the mean pairwise RMS pixel distance (LPIPS needs a network 
 fraction of sample pairs whose counts differ.
 
     python benchmarks/flow_search_tables.py --out benchmarks/results
+
+On a shared CPU the grid can run as several processes (`--methods ... --no-diversity --tag A`, ...), and
+`--combine A B ...` then writes the table, JSON and PNG from their partial JSON files.
 """
 
 from __future__ import annotations
@@ -165,7 +168,7 @@ def table(cells: list[dict], budgets: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plot(cells: list[dict], budgets: list[int], path: Path) -> None:
+def plot(cells: list[dict], budgets: list[int], path: Path, base_nfe: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,12 +197,38 @@ def plot(cells: list[dict], budgets: list[int], path: Path) -> None:
                     es.append(c["accuracy_sem"])
             ax.bar(xs, ys, width, yerr=es, label=sampler, capsize=2)
         ax.set_xticks(range(len(methods) + 1), ["base", *methods])
-        ax.set_title(f"counting accuracy at {budget} NFE (base: {budgets and cells[0]['budget']} NFE)")
+        ax.set_title(f"counting accuracy at {budget} NFE (base: {base_nfe} NFE)")
         ax.set_ylim(0, 1)
         ax.legend()
     fig.suptitle("Search on the trained counting model: mean ± s.e.m. over prompts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def combine(args) -> int:
+    """Merge partial runs (`--tag`) into flow_search_tables.{json,md,png}, cells in the table's row order."""
+    out = Path(args.out)
+    parts = [json.loads((out / f"flow_search_tables_{tag}.json").read_text()) for tag in args.combine]
+    order = {m: i for i, (m, _) in enumerate(ROWS)}
+    cells = sorted(
+        (c for part in parts for c in part["cells"]),
+        key=lambda c: (order[c["method"]], list(SAMPLERS).index(c["sampler"]), c["budget"]),
+    )
+    record = {
+        "commands": [p["command"] for p in parts],
+        "args": parts[0]["args"],
+        "machine": parts[0]["machine"],
+        "cells": cells,
+        "skipped": [s for p in parts for s in p.get("skipped", [])],
+        "diversity": next((p["diversity"] for p in parts if "diversity" in p), None),
+        "seconds_per_part": [p.get("seconds") for p in parts],
+    }
+    budgets = parts[0]["args"]["budgets"]
+    (out / "flow_search_tables.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "flow_search_tables.md").write_text(table(cells, budgets) + "\n")
+    plot(cells, budgets, out / "flow_search_tables.png", parts[0]["args"]["steps"])
+    print(table(cells, budgets))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, shared CPU)")
     parser.add_argument("--methods", nargs="+", default=[m for m, _ in ROWS], help="subset of the rows")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument("--no-diversity", action="store_true", help="skip the diversity ablation")
+    parser.add_argument("--tag", default="", help="suffix of the partial JSON file (for split runs)")
+    parser.add_argument("--combine", nargs="+", default=None, help="tags of partial runs to combine")
     args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,14 +262,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
         "cells": [],
     }
-    json_path = out / "flow_search_tables.json"
+    json_path = out / f"flow_search_tables{'_' + args.tag if args.tag else ''}.json"
     start = time.perf_counter()
     for method, samplers in ROWS:
         if method not in args.methods:
             continue
         for sampler in samplers:
             for budget in args.budgets[:1] if method == "base" else args.budgets:
-                cell = run_cell(pipe, reward, matcher, prompts, method, sampler, budget, args)
+                try:
+                    cell = run_cell(pipe, reward, matcher, prompts, method, sampler, budget, args)
+                except ValueError as err:  # a budget too small for the method's structure
+                    print(f"{method:5s} {sampler:10s} {budget:4d} NFE: skipped ({err})", flush=True)
+                    record.setdefault("skipped", []).append([method, sampler, budget, str(err)])
+                    continue
                 record["cells"].append(cell)
                 print(
                     f"{method:5s} {sampler:10s} {cell['budget']:4d} NFE (used {cell['nfe_min']}–{cell['nfe_max']}): "
@@ -244,11 +283,14 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 json_path.write_text(json.dumps(record, indent=2) + "\n")  # partial results survive
-    record["diversity"] = diversity(pipe, prompts, args)
+    if not args.no_diversity:
+        record["diversity"] = diversity(pipe, prompts, args)
     record["seconds"] = time.perf_counter() - start
     json_path.write_text(json.dumps(record, indent=2) + "\n")
+    if args.tag:
+        return 0
     (out / "flow_search_tables.md").write_text(table(record["cells"], args.budgets) + "\n")
-    plot(record["cells"], args.budgets, out / "flow_search_tables.png")
+    plot(record["cells"], args.budgets, out / "flow_search_tables.png", args.steps)
     print(table(record["cells"], args.budgets))
     print(f"total {record['seconds']:.0f} s -> {json_path}")
     return 0
