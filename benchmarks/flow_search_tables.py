@@ -137,6 +137,59 @@ def diversity(pipe, prompts, args) -> dict:
     return out
 
 
+def predictiveness(pipe, args, num_prompts: int = 64, samples: int = 4) -> dict:
+    """How well the counting reward of the decoded Tweedie estimate at step k predicts the final sample's: per
+    sampler and step, P(final counts right | step-k counts right) and P(final right | step-k wrong), over
+    `num_prompts` × `samples` plain trajectories (what per-step selection — SVDD, CoDe, RBF — relies on)."""
+    from diffusers_ttsplugin import FlowSDEScheduler
+
+    prompts = make_prompts(num_prompts, seed=args.seed + 2)
+    texts = [p.prompt for p in prompts for _ in range(samples)]
+    reward = CountingReward()
+    out = {}
+    euler = pipe.scheduler
+    for sampler in ("linear-SDE", "VP-SDE"):
+        pipe.scheduler = FlowSDEScheduler.from_config(euler.config, **SAMPLERS[sampler])
+        pipe.scheduler.set_generator(torch.Generator().manual_seed(args.seed + 3))
+        steps: list[torch.Tensor] = []
+
+        def on_step(p, i, t, kwargs, steps=steps):
+            x0 = p._unpack_latents(p.scheduler.pred_original_sample, 32, 32, p.vae_scale_factor)
+            x0 = x0 / p.vae.config.scaling_factor + p.vae.config.shift_factor
+            image = (p.vae.decode(x0, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+            steps.append(reward(image, texts) == 0)
+            return {}
+
+        final = pipe(
+            texts,
+            num_inference_steps=args.steps,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(args.seed + 3),
+            callback_on_step_end=on_step,
+        ).images
+        right = reward(final, texts) == 0
+        rows = []
+        for k, at_k in enumerate(steps[:-1]):
+            given_right = float(right[at_k].double().mean()) if bool(at_k.any()) else float("nan")
+            given_wrong = float(right[~at_k].double().mean()) if bool((~at_k).any()) else float("nan")
+            rows.append(
+                {
+                    "step": k,
+                    "right_at_k": float(at_k.double().mean()),
+                    "p_final_given_right": given_right,
+                    "p_final_given_wrong": given_wrong,
+                }
+            )
+            print(
+                f"{sampler:10s} step {k}: right at k {rows[-1]['right_at_k']:.3f}, P(final right | right) "
+                f"{given_right:.3f}, P(final right | wrong) {given_wrong:.3f}",
+                flush=True,
+            )
+        out[sampler] = {"final_accuracy": float(right.double().mean()), "n": len(texts), "steps": rows}
+    pipe.scheduler = euler
+    return out
+
+
 def table(cells: list[dict], budgets: list[int]) -> str:
     header = "| method | sampler | " + " | ".join(f"{b} NFE: acc ↑ | RSS ↓ | match ↑ | NFE" for b in budgets)
     lines = [header, "|" + "---|" * (2 + 4 * len(budgets))]
@@ -247,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-diversity", action="store_true", help="skip the diversity ablation")
     parser.add_argument("--tag", default="", help="suffix of the partial JSON file (for split runs)")
     parser.add_argument("--combine", nargs="+", default=None, help="tags of partial runs to combine")
+    parser.add_argument(
+        "--predictiveness", action="store_true", help="only the per-step reward predictiveness diagnostic"
+    )
     args = parser.parse_args(argv)
     if args.combine:
         return combine(args)
@@ -254,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline()
+    if args.predictiveness:
+        result = predictiveness(pipe, args)
+        (out / "flow_search_predictiveness.json").write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     prompts = make_prompts(args.prompts, seed=args.seed)
     reward, matcher = CountingReward(), CountMatchReward()
     record = {
