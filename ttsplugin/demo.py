@@ -233,15 +233,21 @@ def demo_diffusion(args: argparse.Namespace, workdir: Path) -> None:
         targets = make_prompts(4, seed=args.seed)
         prompts = [p.prompt for p in targets]
         print("loaded the trained counting model (a FluxPipeline; diffusers_ttsplugin.counting)")
+    import contextlib
+
+    from diffusers_ttsplugin.search.demo import _single_thread
+
     start = time.perf_counter()
-    images = pipe(
-        prompts,
-        num_inference_steps=10 if counting else 4,
-        height=size,
-        width=size,
-        generator=torch.Generator(args.device).manual_seed(args.seed),
-        output_type="pt",
-    ).images
+    # The counting model is tiny and latency-bound: one thread avoids OpenMP spinning on a shared CPU.
+    with _single_thread() if counting else contextlib.nullcontext():
+        images = pipe(
+            prompts,
+            num_inference_steps=10 if counting else 4,
+            height=size,
+            width=size,
+            generator=torch.Generator(args.device).manual_seed(args.seed),
+            output_type="pt",
+        ).images
     elapsed = time.perf_counter() - start
     out_dir = workdir / "demo"
     out_dir.mkdir(exist_ok=True)
