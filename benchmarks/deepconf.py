@@ -7,9 +7,11 @@ majority vote's):
 - ``single``: one sample per problem;
 - ``majority@n``: n samples to the end, plain majority vote (`majority_vote_all`);
 - ``ffs@n``: First Finish Search, the first natural finisher's answer (`first_finish_vote`, k=1);
-- ``deepconf-offline@n``: n samples to the end, the top ``keep`` % by lowest-window confidence vote, weighted;
-- ``deepconf-online@n``: warm-up traces set the threshold, the rest are stopped in-engine below it, consensus
-  stop at tau (`deep_conf(mode="online")`).
+- ``deepconf-offline-eta{keep}@n``: n samples to the end, the top ``keep`` % by lowest-window confidence vote,
+  weighted (one generation, one vote per eta);
+- ``deepconf-online-eta{keep}@n``: warm-up traces set the threshold (the ``100 - keep`` percentile of their
+  lowest-window confidences), the rest are stopped in-engine below it, consensus stop at tau
+  (`deep_conf(mode="online")`).
 
 Reports per arm: accuracy with a 95 % Wilson interval over problems, generated tokens per problem (mean +- 95 %
 interval, 1.96 s.e.m.), and the arm's wall time (one run, all problems batched; the machine may be shared).
@@ -27,6 +29,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -44,7 +47,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--window", type=int, default=16, help="confidence window (default: 16: short traces here)"
     )
-    p.add_argument("--keep", type=float, default=10.0, help="DeepConf's eta, percent kept (default: 10)")
+    p.add_argument(
+        "--keep",
+        type=float,
+        nargs="+",
+        default=[10.0, 90.0],
+        help="DeepConf's eta, percent kept: DeepConf-low 10, DeepConf-high 90 (default: 10 90)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="online warm-up traces (default: n // 4)")
     p.add_argument(
         "--consensus", type=float, default=0.95, help="online consensus tau (default: 0.95; 0: off)"
@@ -88,6 +97,7 @@ def main(argv=None) -> int:
     from vllm import LLM, SamplingParams
 
     from vllm_ttsplugin import TTSLogitsProcessor, deep_conf, first_finish_vote, majority_vote_all
+    from vllm_ttsplugin.deepconf import confidence_vote
     from vllm_ttsplugin.reasoner import extract_answer, make_problems, model_dir
 
     def answer_of(text: str) -> str | None:
@@ -145,24 +155,34 @@ def main(argv=None) -> int:
         return row(name, n, [a == t for a, t in zip(answers, truth, strict=True)], tokens, seconds)
 
     for n in args.n:
-        options = dict(window=args.window, keep_percent=args.keep, extractor=answer_of)
-        online = dict(options, consensus=args.consensus or None)
-        if args.warmup is not None:
-            online["warmup"] = args.warmup
+        options = dict(window=args.window, extractor=answer_of)
         arms = {
             f"majority@{n}": partial(majority_vote_all, llm, prompts, n, base, extractor=answer_of),
             f"ffs@{n}": partial(first_finish_vote, llm, prompts, n, 1, base, extractor=answer_of),
-            f"deepconf-offline@{n}": partial(
-                deep_conf, llm, prompts, n, mode="offline", sampling_params=base, **options
-            ),
-            f"deepconf-online@{n}": partial(deep_conf, llm, prompts, n, sampling_params=base, **online),
         }
         for name, run in arms.items():
             results, seconds = timed(run)
             rows.append(graded(name, n, results, seconds))
-            if name.startswith("deepconf-online"):
-                rows[-1]["stopped_traces"] = sum(t.stopped for r in results for t in r.traces)
-                rows[-1]["converged_problems"] = sum(r.converged for r in results)
+            print(json.dumps(rows[-1]), flush=True)
+        # Offline: one generation; each eta is a different vote over the same traces (same time).
+        results, seconds = timed(
+            partial(deep_conf, llm, prompts, n, mode="offline", sampling_params=base, **options)
+        )
+        for keep in args.keep:
+            votes = [
+                SimpleNamespace(answer=confidence_vote(r.traces, keep)[0], tokens=r.tokens) for r in results
+            ]
+            rows.append(graded(f"deepconf-offline-eta{keep:g}@{n}", n, votes, seconds))
+            print(json.dumps(rows[-1]), flush=True)
+        for keep in args.keep:
+            online = dict(options, keep_percent=keep, consensus=args.consensus or None)
+            if args.warmup is not None:
+                online["warmup"] = args.warmup
+            results, seconds = timed(partial(deep_conf, llm, prompts, n, sampling_params=base, **online))
+            rows.append(graded(f"deepconf-online-eta{keep:g}@{n}", n, results, seconds))
+            rows[-1]["stopped_traces"] = sum(t.stopped for r in results for t in r.traces)
+            rows[-1]["aborted_traces"] = sum(t.aborted for r in results for t in r.traces)
+            rows[-1]["converged_problems"] = sum(r.converged for r in results)
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n{'arm':<22}{'accuracy (95% CI)':>26}{'tokens/problem':>20}{'seconds':>10}")
     for r in rows:

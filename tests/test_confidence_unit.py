@@ -238,3 +238,33 @@ def test_admission_stamps_the_marker_as_a_stop_token_and_leaves_other_requests_a
     assert shared == {"tts_confidence_threshold": 2.0, MARKER_KEY: 9}  # the caller's dict is not modified
     assert plain.extra_args == {"other_plugin": 1} and not plain.stop_token_ids
     assert parse_confidence_args(params.extra_args).window == 2048
+
+
+def test_the_confidence_stop_composes_with_first_finish(monkeypatch):
+    """With First Finish on the same request, its marker mask does not undo the confidence stop (which runs
+    after it); tests/test_thinking_core.py checks that it wins over a forced end of thinking."""
+    import copy
+
+    from vllm import SamplingParams
+
+    from vllm_ttsplugin import TTSLogitsProcessor
+    from vllm_ttsplugin.ffs import first_finish_scope
+    from vllm_ttsplugin.processor import admission_tokenizer
+
+    use_vocab(monkeypatch, TokenizerVocab(StubTokenizer(), VOCAB))
+    always = {"tts_confidence_threshold": 1e9, "tts_confidence_window": 1}  # every full window is below it
+    parent = SamplingParams(n=2, temperature=1.0, max_tokens=8, extra_args={**always, "tts_first_finish": 1})
+    with admission_tokenizer(StubTokenizer(), VOCAB), first_finish_scope():
+        TTSLogitsProcessor.validate_params(parent)
+    parent.update_from_generation_config({}, EOS)
+    driver = V1Driver(4, VOCAB)
+    samples = []
+    for i in range(2):
+        child = copy.copy(parent)
+        child.n = 1
+        samples.append(Req(f"c{i}", child, [5, 6], max_tokens=8))
+        driver.add(samples[-1])
+    driver.step()  # no full window yet: sampled freely (the marker masked)
+    driver.step()  # the window of token 0 is below the threshold: the marker
+    for req in samples:
+        assert req.output[0] != MARKER and req.output[1] == MARKER

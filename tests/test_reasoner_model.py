@@ -15,10 +15,7 @@ import os
 import pytest
 
 from vllm_ttsplugin.reasoner import grade, make_problems, model_dir
-from vllm_ttsplugin.reasoner.files import REQUIRED_FILES, shipped_model_dir
-
-# TEMPORARY until the trained weights are committed (same branch, next commits): then this line goes.
-pytestmark = pytest.mark.skipif(not shipped_model_dir().exists(), reason="weights not committed yet")
+from vllm_ttsplugin.reasoner.files import REQUIRED_FILES
 
 SLICE = 50
 MARGIN = 0.15
@@ -76,10 +73,10 @@ def test_transformers_greedy_accuracy_holds_the_card_figure(hf_greedy, slice_pro
 @pytest.mark.vllm
 def test_vllm_greedy_matches_transformers_token_for_token_and_the_accuracy(hf_greedy, slice_problems):
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from vllm_ttsplugin.reasoner.harness import load_llm, prompts_for, sampling_params
+    from vllm_ttsplugin.reasoner.harness import engine_kwargs, load_llm, prompts_for, sampling_params
 
     _, hf_outputs = hf_greedy
-    llm = load_llm(max_model_len=512, kv_cache_mib=64, max_num_seqs=64)
+    llm = load_llm(**engine_kwargs(max_model_len=512, kv_cache_mib=64, max_num_seqs=64))
     try:
         params = sampling_params()
         params.max_tokens = MAX_NEW_TOKENS

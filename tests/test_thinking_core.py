@@ -762,3 +762,28 @@ def test_first_finish_plugs_in_as_a_slot_component_and_wins(monkeypatch, vocab, 
     assert a.output == [EOS] and b.output[0] != ids["end"]
     driver.step()  # b is due to get the forced end delimiter (max 1): First Finish stops it instead
     assert b.output[1] == find_marker_token(vocab.tokenizer, vocab.vocab_size)
+
+
+def test_the_confidence_stop_wins_over_a_forced_end_of_thinking(monkeypatch, vocab, ids):
+    """DeepConf's stop is a slot component after thinking control: when a forced end delimiter is due (max 1) and
+    the window says stop, the marker is forced instead."""
+    from vllm_ttsplugin import TTSLogitsProcessor
+    from vllm_ttsplugin.ffs import find_marker_token
+    from vllm_ttsplugin.processor import admission_tokenizer
+
+    use_vocab(monkeypatch, vocab)
+    params = _params(
+        tts_max_think=1,
+        tts_eos_in_thinking="stop",
+        tts_confidence_threshold=1e9,  # every full window is below it
+        tts_confidence_window=1,
+    )
+    with admission_tokenizer(vocab.tokenizer, vocab.vocab_size):
+        TTSLogitsProcessor.validate_params(params)
+    driver = V1Driver(2, vocab.vocab_size)
+    req = Req("r", params, ids["open_prompt"])
+    driver.add(req)
+    driver.step()
+    assert req.output[0] != ids["end"]
+    driver.step()  # the end delimiter is due (max 1), and so is the confidence stop: the stop wins
+    assert req.output[1] == find_marker_token(vocab.tokenizer, vocab.vocab_size)

@@ -18,7 +18,7 @@ def add_train_parser(subparsers) -> None:
     defaults = TrainConfig()
     p = subparsers.add_parser(
         "train-reasoner",
-        help="train the embedded reasoning model from a seed (CPU, one thread, ~25 min)",
+        help="train the embedded reasoning model from a seed (CPU, one thread, ~8-15 min)",
         description=(
             "Train the reasoner (a Qwen2 causal LM, BPE tokenizer, chat template opening <think>) on the train "
             "split of the arithmetic-chain task and write a Hugging Face folder (weights, tokenizer, "

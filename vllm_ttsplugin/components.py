@@ -696,11 +696,6 @@ class ConfidenceComponent(SlotComponent):
         logits[rows, tokens] = torch.where(stop, 0.0, column)
         return logits
 
-    def window_confidence(self, slots: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(current window mean, lowest full-window mean) of these slots' samples, for tests and reports."""
-        index = self._to_device(np.asarray(slots, dtype=np.int64))
-        return self.total[index] / self.count[index].clamp(min=1), self.lowest[index]
-
 
 # Components composed into TTSLogitsProcessor, in application order (later wins on a shared row).
 COMPONENTS: list[type[SlotComponent]] = [ThinkingComponent, FirstFinishComponent, ConfidenceComponent]

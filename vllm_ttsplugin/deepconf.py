@@ -50,7 +50,7 @@ from vllm_ttsplugin.first_finish import _as_prompt_list, _progress, _render, _Sa
 if TYPE_CHECKING:
     from vllm import LLM, SamplingParams
 
-__all__ = ["DeepConfResult", "DeepConfTrace", "deep_conf", "trace_confidences"]
+__all__ = ["DeepConfResult", "DeepConfTrace", "confidence_vote", "deep_conf", "trace_confidences"]
 
 MODES = ("online", "offline")
 CONFIDENCE_MEASURES = ("lowest", "tail", "mean")
@@ -264,6 +264,24 @@ def _vote(traces: Sequence[DeepConfTrace], voters: Sequence[int]) -> tuple[str |
     return weighted_vote([traces[i].answer for i in voters], [traces[i].confidence for i in voters])
 
 
+def confidence_vote(
+    traces: Sequence[DeepConfTrace], keep_percent: float = 100.0
+) -> tuple[str | None, dict[str, float], list[int]]:
+    """DeepConf's vote over a prompt's traces: those that ended by themselves, the top `keep_percent` % of them by
+    confidence (those at or above the ``(100 - keep_percent)``-th percentile), each weighted by its confidence.
+
+    Returns (answer, total confidence per answer, indices of the voters). `deep_conf` votes with it (offline with
+    its ``keep_percent``, online with 100); it also re-votes one set of traces with another eta.
+    """
+    scored = [t for t in traces if t.votes and not math.isnan(t.confidence)]
+    if keep_percent < 100 and scored:
+        cut = percentile_threshold([t.confidence for t in scored], keep_percent)
+        scored = [t for t in scored if t.confidence >= cut]
+    voters = [t.index for t in scored]
+    answer, totals = _vote(traces, voters)
+    return answer, totals, voters
+
+
 def _step_all(engine: Any, where: dict[str, tuple[int, int]], races: list[_Prompt], on_step=None) -> None:
     """Step the engine until the requests in `where` are done; `on_step(touched prompts)` after every step."""
     try:
@@ -407,13 +425,8 @@ def deep_conf(
     results = []
     for race in races:
         traces = [_trace(race, i, marker, o, extract) for i in range(n)]
-        if mode == "offline":
-            scored = [t for t in traces if t.votes and not math.isnan(t.confidence)]
-            cut = percentile_threshold([t.confidence for t in scored], o["keep_percent"]) if scored else 0.0
-            voters = [t.index for t in scored if t.confidence >= cut]
-        else:
-            voters = [t.index for t in traces if t.votes and not math.isnan(t.confidence)]
-        answer, totals = _vote(traces, voters)
+        keep = o["keep_percent"] if mode == "offline" else 100.0
+        answer, totals, voters = confidence_vote(traces, keep)
         results.append(
             DeepConfResult(
                 prompt=race.prompt,

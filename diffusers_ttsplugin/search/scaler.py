@@ -45,6 +45,14 @@ FINAL_STEPS = ("tweedie", "integrate")
 ODE_METHODS = ("bon", "sop")
 
 
+def _comparable(value: Any) -> Any:
+    """A call option as the ranks compare it: tensors by shape and dtype (each rank may hold them on its own
+    device), everything else by value."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), str(value.dtype))
+    return value
+
+
 @dataclass
 class SearchResult:
     """What [`InferenceScaler`] returns (one entry per prompt).
@@ -304,7 +312,7 @@ class InferenceScaler:
                 budget=self.nfe_budget,
                 steps=self.num_steps,
                 generator=hashlib.sha256(bytes(seed_state)).hexdigest(),
-                options=repr(sorted(pipeline_options.items())),
+                options=[(k, _comparable(v)) for k, v in sorted(pipeline_options.items())],
             )
 
         # 3. Prepare the grid and step coefficients (FlowSDEScheduler does the interpolant math)

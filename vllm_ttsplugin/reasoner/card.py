@@ -85,3 +85,24 @@ slips, not to make them. Nothing in the data encodes ttsplugin's mechanics (no b
     path = folder / "README.md"
     path.write_text(text)
     return path
+
+
+def finalize_model_folder(
+    folder: str | Path, results: dict, *, train_command: str, eval_command: str
+) -> None:
+    """After `ttsplugin eval`: the card, `eval_summary.json` (what the guard test checks) and `SHA256SUMS`."""
+    from vllm_ttsplugin.reasoner.files import write_checksums
+
+    folder = Path(folder)
+    greedy = next(r for r in results["arms"]["no_control"] if r["name"] == "greedy")
+    summary = {
+        "num_problems": results["num_problems"],
+        "seed": results["seed"],
+        "split": results["split"],
+        "greedy": {k: greedy[k] for k in ("n", "correct", "accuracy", "ci95")},
+        "greedy_mean_thinking_tokens": greedy["mean_thinking_tokens"],
+        "eval_command": eval_command,
+    }
+    (folder / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_card(folder, results, train_command=train_command, eval_command=eval_command)
+    write_checksums(folder)

@@ -8,6 +8,7 @@ from pathlib import Path
 CHECKSUMS = "SHA256SUMS"
 # The files vLLM, the OpenAI server and transformers read (the card and training record are documentation).
 REQUIRED_FILES = (
+    "chat_template.jinja",
     "config.json",
     "generation_config.json",
     "model.safetensors",

@@ -1,4 +1,4 @@
-"""Train the reasoner from a seed: `ttsplugin train-reasoner --out DIR` (CPU by default, ~20 min on 2 cores).
+"""Train the reasoner from a seed: `ttsplugin train-reasoner --out DIR` (CPU, one thread, ~8-15 min).
 
 A Qwen2-architecture causal LM (~0.9M parameters) learns the task's traces: the loss covers everything the
 assistant writes (thinking, `</think>`, the answer, EOS) except the wrong results of slips, so the model learns
@@ -24,7 +24,7 @@ class TrainConfig:
     """Everything that determines the trained weights (with the code)."""
 
     seed: int = 0
-    steps: int = 2000
+    steps: int = 600
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 100
