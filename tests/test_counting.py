@@ -351,3 +351,17 @@ def test_train_flow_command_rejects_garbage(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_search_with_the_matching_score(pipe):
+    from diffusers_ttsplugin import InferenceScaler
+    from diffusers_ttsplugin.reward_registry import load_reward
+
+    reward = load_reward("countmatch")
+    scaler = InferenceScaler(pipe, reward, method="smc", nfe_budget=20, num_steps=5)
+    scaler.set_progress_bar_config(disable=True)
+    prompts = ["three red circles", "one blue square and two green triangles"]
+    result = scaler(prompts, generator=torch.Generator().manual_seed(1), output_type="pt")
+    assert result.nfe.tolist() == [20, 20]
+    assert torch.allclose(torch.as_tensor(result.reward, dtype=torch.float64), reward(result.images, prompts))
+    assert bool(((result.reward >= 0) & (result.reward <= 1)).all())
