@@ -169,6 +169,10 @@ def _pct(row: dict) -> str:
     return f"{100 * row['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def markdown_tables(results: dict) -> str:
     """The tables of BENCHMARKS.md for these results."""
     lines = [
@@ -183,14 +187,14 @@ def markdown_tables(results: dict) -> str:
         for r in rows:
             lines.append(
                 f"| {group} | {r['name']} | {_pct(r)} | {r['mean_thinking_tokens']:.1f} ± "
-                f"{r['sem_thinking_tokens']:.1f} | {r['mean_generated_tokens']:.1f} | {r['mean_waits']:.2f} | "
-                f"{r['seconds']:.1f} |"
+                f"{_fmt(r['sem_thinking_tokens'], '.1f')} | {_fmt(r['mean_generated_tokens'], '.1f')} | "
+                f"{_fmt(r['mean_waits'], '.2f')} | {_fmt(r['seconds'], '.1f')} |"
             )
     search = results["search"]
     lines += [
         "",
-        f"Search at temperature {search['temperature']} (sample i seeded seed + i; the same samples for "
-        "majority@n and FFS):",
+        f"Search on {search.get('num_problems', results['num_problems'])} problems at temperature "
+        f"{search['temperature']} (sample i seeded seed + i; the same samples for majority@n and FFS):",
         "",
         "| method | n | accuracy % [95 % CI] | generated tokens per problem | wall s |",
         "|---|---|---|---|---|",

@@ -8,12 +8,13 @@ import time
 from vllm_ttsplugin.reasoner.stats import accuracy
 
 
-def _line(label: str, flags: list[bool], thinking: float, tokens: float, seconds: float) -> str:
+def _line(label: str, flags: list[bool], thinking: float | None, tokens: float, seconds: float) -> str:
     summary = accuracy(flags)
     lo, hi = summary["ci95"]
+    think = "-" if thinking is None else f"{thinking:.1f}"
     return (
         f"{label:<34}{summary['correct']:>3}/{summary['n']:<3} {100 * summary['accuracy']:5.1f} % "
-        f"[{100 * lo:4.1f}, {100 * hi:5.1f}]{thinking:>9.1f}{tokens:>9.1f}{seconds:>7.1f}"
+        f"[{100 * lo:4.1f}, {100 * hi:5.1f}]{think:>9}{tokens:>9.1f}{seconds:>7.1f}"
     )
 
 
@@ -60,7 +61,7 @@ def run_reasoner_demo(num_problems: int = 16, seed: int = 0, log=print) -> dict:
         run_arm(llm, problems, "w", {"tts_min_think": MAX_TOKENS - 50, "tts_max_waits": 2}),
     )
     show("TS tts_end_bias=+4 (shorter)", run_arm(llm, problems, "ts+", {"tts_end_bias": 4.0}))
-    show("TS tts_end_bias=-4 (longer)", run_arm(llm, problems, "ts-", {"tts_end_bias": -4.0}))
+    show("TS tts_end_bias=-1 (longer)", run_arm(llm, problems, "ts-", {"tts_end_bias": -1.0}))
     prompts = prompts_for(llm, problems)
     params = sampling_params(temperature=0.6, seed=seed)
     for n in (8,):
@@ -73,14 +74,14 @@ def run_reasoner_demo(num_problems: int = 16, seed: int = 0, log=print) -> dict:
         ]
         tokens = sum(r.num_tokens for r in races) / len(races)
         rows[f"FFS@{n}"] = accuracy(flags)
-        log(_line(f"First Finish Search n={n} (T=0.6)", flags, float("nan"), tokens, ffs_seconds))
+        log(_line(f"First Finish Search n={n} (T=0.6)", flags, None, tokens, ffs_seconds))
         t0 = time.perf_counter()
         votes = majority_vote_all(llm, prompts, n=n, sampling_params=params, extractor=answer_of)
         vote_seconds = time.perf_counter() - t0
         flags = [v.answer == str(p.answer) for v, p in zip(votes, problems, strict=True)]
         tokens = sum(v.num_tokens for v in votes) / len(votes)
         rows[f"majority@{n}"] = accuracy(flags)
-        log(_line(f"majority vote of {n} (T=0.6)", flags, float("nan"), tokens, vote_seconds))
+        log(_line(f"majority vote of {n} (T=0.6)", flags, None, tokens, vote_seconds))
     log(
         "(thinking = mean thinking tokens per completion; tokens = generated tokens per problem, all samples)"
     )

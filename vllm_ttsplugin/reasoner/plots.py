@@ -86,7 +86,7 @@ def plot_all(results: dict, out: Path) -> list[Path]:
                         fmt="k*", markersize=12, capsize=3, label="one sample")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("generated tokens per problem (all samples)")
-        ax.set_ylabel(f"accuracy (n = {n} problems, 95 % CI)")
+        ax.set_ylabel(f"accuracy (n = {search.get('num_problems', n)} problems, 95 % CI)")
         ax.set_title(f"First Finish Search vs majority vote (T = {search['temperature']})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
