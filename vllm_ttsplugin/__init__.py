@@ -9,8 +9,6 @@ Imports are lazy, so `import vllm_ttsplugin` (and `vllm_ttsplugin.testing`) need
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 # public name -> defining module
@@ -103,25 +101,6 @@ if TYPE_CHECKING:
     from vllm_ttsplugin.hf import ThinkingLogitsProcessor, ThinkingStoppingCriteria
     from vllm_ttsplugin.processor import TTSLogitsProcessor
     from vllm_ttsplugin.report import ThinkingReport, thinking_report
-
-
-class _Package(types.ModuleType):
-    """The package's module type: a submodule named like a function it exports (`first_finish` in
-    `vllm_ttsplugin.first_finish`) never shadows the function. Python's import system sets the package attribute
-    of that name to the submodule when it is first imported (e.g. by `from vllm_ttsplugin.first_finish import
-    ...` anywhere), after which `from vllm_ttsplugin import first_finish` would return the module."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            isinstance(value, types.ModuleType)
-            and _LAZY.get(name) == value.__name__
-            and callable(getattr(value, name, None))
-        ):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:
