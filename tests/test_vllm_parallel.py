@@ -1,5 +1,6 @@
 """Opt-in: `benchmarks/vllm_parallel.py`'s checks with real engines (tensor_parallel_size=2 offline; a
-`--data-parallel-size 2` server with and without TTSMiddleware). About 15 minutes on 2 shared cores and it needs
+`--data-parallel-size 2` server with and without TTSMiddleware; a `--tensor-parallel-size 2` server). About 15
+minutes on 2 shared cores and it needs
 ≥ 2 cores, so it runs only with TTSPLUGIN_PARALLEL_TESTS=1; the decisions themselves are tested without engines in
 tests/test_ffs_data_parallel.py."""
 
@@ -16,7 +17,7 @@ pytestmark = [
     pytest.mark.vllm,
     pytest.mark.skipif(
         os.environ.get("TTSPLUGIN_PARALLEL_TESTS") != "1",
-        reason="starts 4 multi-process engines; set TTSPLUGIN_PARALLEL_TESTS=1",
+        reason="starts 5 multi-process engines; set TTSPLUGIN_PARALLEL_TESTS=1",
     ),
 ]
 

@@ -217,34 +217,47 @@ def demo_diffusion(args: argparse.Namespace, workdir: Path) -> None:
     _header("diffusers")
     import torch
 
+    counting = not args.pipeline
     if args.pipeline:
         from diffusers import DiffusionPipeline
 
         pipe = DiffusionPipeline.from_pretrained(args.pipeline).to(args.device)
         size = 512
+        prompts = ["a photo of a red apple"] * 4
         print(f"loaded {type(pipe).__name__} from {args.pipeline}")
     else:
-        from diffusers_ttsplugin.testing import build_tiny_flux_pipeline
+        from diffusers_ttsplugin.counting import count_objects, load_pipeline, make_prompts
 
-        pipe = build_tiny_flux_pipeline(seed=args.seed).to(args.device)
+        pipe = load_pipeline(device=args.device)
         size = 32
-        print("built tiny FluxPipeline (random weights, tokenizers made in code)")
+        targets = make_prompts(4, seed=args.seed)
+        prompts = [p.prompt for p in targets]
+        print("loaded the trained counting model (a FluxPipeline; diffusers_ttsplugin.counting)")
+    import contextlib
+
+    from diffusers_ttsplugin.search.demo import _single_thread
+
     start = time.perf_counter()
-    images = pipe(
-        "a photo of a red apple",
-        num_inference_steps=4,
-        height=size,
-        width=size,
-        num_images_per_prompt=4,
-        generator=torch.Generator(args.device).manual_seed(args.seed),
-        output_type="pil",
-    ).images
+    # The counting model is tiny and latency-bound: one thread avoids OpenMP spinning on a shared CPU.
+    with _single_thread() if counting else contextlib.nullcontext():
+        images = pipe(
+            prompts,
+            num_inference_steps=10 if counting else 4,
+            height=size,
+            width=size,
+            generator=torch.Generator(args.device).manual_seed(args.seed),
+            output_type="pt",
+        ).images
     elapsed = time.perf_counter() - start
     out_dir = workdir / "demo"
     out_dir.mkdir(exist_ok=True)
-    for i, image in enumerate(images):
-        image.save(out_dir / f"flux_{i}.png")
-    print(f"{len(images)} images of {images[0].size[0]}x{images[0].size[1]} in {elapsed:.2f} s -> {out_dir}")
+    for i, image in enumerate(pipe.image_processor.pt_to_numpy(images.cpu())):
+        pipe.image_processor.numpy_to_pil(image[None])[0].save(out_dir / f"flux_{i}.png")
+    print(f"{len(images)} images of {size}x{size} in {elapsed:.2f} s -> {out_dir}")
+    if counting:
+        for prompt, found in zip(prompts, count_objects(images), strict=True):
+            seen = ", ".join(f"{n} {k}" for k, n in found.items() if n) or "nothing"
+            print(f"- {prompt!r}: counted {seen}")
 
 
 def demo_search(args: argparse.Namespace, workdir: Path) -> None:

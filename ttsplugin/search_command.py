@@ -19,17 +19,21 @@ def add_search_parser(subparsers) -> None:
             "Search for the highest-reward image of a diffusers flow pipeline (FLUX, SD3) within an exact budget "
             "of velocity evaluations (NFE), with Rollover Budget Forcing, SMC, SVDD, CoDe, search over paths or "
             "best-of-N. Writes the best image per prompt, the search trace (JSON) and a reward-vs-NFE plot (PNG) to "
-            "--output. Without --pipeline a tiny random FLUX pipeline is built locally (nothing is downloaded)."
+            "--output. Without --pipeline it searches the trained counting model shipped with ttsplugin (a FLUX "
+            "pipeline, 32x32 images of coloured shapes) with the counting reward."
         ),
     )
     p.add_argument(
-        "--pipeline", default=None, help="folder of a diffusers FLUX/SD3 pipeline (default: tiny FLUX)"
+        "--pipeline",
+        default=None,
+        help="folder of a diffusers FLUX/SD3 pipeline (default: the trained counting model)",
     )
     p.add_argument(
         "--prompt",
         action="append",
         default=None,
-        help="prompt to search for; repeat for several (each gets its own budget) (default: 'a photo of a red apple')",
+        help="prompt to search for; repeat for several (each gets its own budget) (default: 'three red circles and "
+        "one blue square' for the counting model, else 'a photo of a red apple')",
     )
     p.add_argument("--method", choices=METHOD_CHOICES, default="rbf", help="search method (default: rbf)")
     p.add_argument(
@@ -38,18 +42,18 @@ def add_search_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=10, help="denoising steps of the grid (default: 10)")
     p.add_argument(
         "--reward",
-        default="jpeg",
+        default=None,
         help="reward as NAME or NAME:ARG, from the reward registry (entry-point group ttsplugin.rewards; "
         f"installed now: {_reward_names()}), e.g. jpeg:80, brightness:0.3, color:R,G,B, clip:FOLDER, "
         "pickscore:FOLDER, aesthetic:FOLDER, hpsv2:CHECKPOINT; or module:attribute for a factory of your own "
-        "(default: jpeg, DDPO's compressibility)",
+        "(default: counting for the counting model, else jpeg, DDPO's compressibility)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     p.add_argument(
-        "--height", type=int, default=None, help="image height (default: the pipeline's; tiny FLUX: 32)"
+        "--height", type=int, default=None, help="image height (default: the pipeline's; counting model: 32)"
     )
     p.add_argument(
-        "--width", type=int, default=None, help="image width (default: the pipeline's; tiny FLUX: 32)"
+        "--width", type=int, default=None, help="image width (default: the pipeline's; counting model: 32)"
     )
     p.add_argument(
         "--guidance-scale", type=float, default=None, help="the pipeline's guidance_scale (default: its own)"
@@ -188,11 +192,13 @@ def run_search_command(args: argparse.Namespace) -> int:
     from diffusers_ttsplugin.rewards import reward_from_spec
     from diffusers_ttsplugin.search import plot_reward_vs_nfe
 
-    prompts = args.prompt or ["a photo of a red apple"]
+    default_prompt = "a photo of a red apple" if args.pipeline else "three red circles and one blue square"
+    prompts = args.prompt or [default_prompt]
+    spec = args.reward or ("jpeg" if args.pipeline else "counting")
     try:
-        reward = reward_from_spec(args.reward, device=args.device)
+        reward = reward_from_spec(spec, device=args.device)
     except (ValueError, TypeError, ImportError, OSError) as err:
-        print(f"error: --reward {args.reward}: {err}")
+        print(f"error: --reward {spec}: {err}")
         return 2
     options = {}
     if args.pipeline:
@@ -202,11 +208,10 @@ def run_search_command(args: argparse.Namespace) -> int:
         pipe = DiffusionPipeline.from_pretrained(args.pipeline, **kwargs).to(args.device)
         print(f"loaded {type(pipe).__name__} from {args.pipeline}")
     else:
-        from diffusers_ttsplugin.testing import build_tiny_flux_pipeline
+        from diffusers_ttsplugin.counting import load_pipeline
 
-        pipe = build_tiny_flux_pipeline(seed=args.seed).to(args.device)
-        options.update(height=32, width=32, max_sequence_length=32)
-        print("built tiny FluxPipeline (random weights, tokenizers made in code)")
+        pipe = load_pipeline(device=args.device)
+        print("loaded the trained counting model (diffusers_ttsplugin.counting, a FluxPipeline)")
     for key, value in {
         "height": args.height,
         "width": args.width,

@@ -111,7 +111,7 @@ Seed {card["seed"]} fixes everything (data, initial weights, batches, noise). Tr
 
 Wall time: {t["seconds_pipeline"] / 60:.1f} min for the pipeline (VAE {cfg["vae_steps"]} steps, flow matching
 {cfg["flow_steps"]} steps × batch {cfg["flow_batch"]}), {t["seconds_total"] / 60:.1f} min with the matching score,
-on 2 CPU cores **shared with 3–4 other jobs** (this process got ~35–45 % of one core; one torch thread).
+on 2 CPU cores **shared with 3–4 other jobs** (this process got ~25–45 % of one core; one torch thread).
 Final flow-matching loss {t["final_loss"]:.4f}.
 
 ## Size

@@ -1,9 +1,11 @@
-"""The particle-search part of `ttsplugin demo`: every method on the analytic flow and on a (tiny) FLUX pipeline.
+"""The particle-search part of `ttsplugin demo`: every method on the analytic flow and on a flow pipeline.
 
-Every point is the mean ± s.e.m. over `seeds` independent searches (32 by default). They run as `seeds` prompts
-of one `InferenceScaler` call: each prompt gets its own budget and its own particles (drawn from one generator),
-so the searches are independent replicates, batched. Small budgets, a 2-D analytic flow and a 32×32 tiny FLUX
-keep it to seconds per method on a laptop CPU.
+The pipeline is the trained counting model of `diffusers_ttsplugin.counting` (reward: the paper's counting reward,
+on `seeds` different test prompts), or the user's `--pipeline` (reward: brightness, on one prompt). Every point is
+the mean ± s.e.m. over `seeds` independent searches (32 by default). They run as `seeds` prompts of one
+`InferenceScaler` call: each prompt gets its own budget and its own particles (drawn from one generator), so the
+searches are independent replicates, batched. Small budgets, a 2-D analytic flow and 32×32 images keep it to
+seconds per method on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ def mean_sem(values: list[float]) -> tuple[float, float]:
     return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
 
 
-def replicate(scaler, seeds: int, seed: int, device: str = "cpu", prompt: str = "toy", **options):
-    """`seeds` independent searches of one prompt, batched as `seeds` prompts of one call → (rewards, NFE, result)."""
+def replicate(scaler, seeds: int, seed: int, device: str = "cpu", prompt: str | list[str] = "toy", **options):
+    """`seeds` independent searches, batched as `seeds` prompts of one call → (rewards, NFE, result): one prompt
+    repeated, or a list of `seeds` prompts (one search each)."""
     generator = torch.Generator(device).manual_seed(seed)
-    result = scaler([prompt] * seeds, generator=generator, **options)
+    prompts = [prompt] * seeds if isinstance(prompt, str) else list(prompt)
+    result = scaler(prompts, generator=generator, **options)
     return [float(r) for r in result.reward], [int(n) for n in result.nfe], result
 
 
@@ -95,8 +99,9 @@ def _curves(
 def run_search_demo(
     workdir: Path, seed: int = 0, device: str = "cpu", pipeline: str | None = None, seeds: int = 32
 ) -> dict:
-    """Run all methods on the analytic flow (budgets 20–200) and on tiny FLUX (12 and 24 NFE), each point the mean ±
-    s.e.m. over `seeds` independent searches; write two PNGs (error bands = s.e.m.)."""
+    """Run all methods on the analytic flow (budgets 20–200) and on the counting model (15 and 30 NFE, 5 steps; or
+    `pipeline` at 12 and 24 NFE), each point the mean ± s.e.m. over `seeds` independent searches; write two PNGs
+    (error bands = s.e.m.)."""
     from . import InferenceScaler, plot_reward_vs_nfe
 
     out = Path(workdir) / "search"
@@ -133,26 +138,33 @@ def run_search_demo(
             from diffusers import DiffusionPipeline
 
             pipe = DiffusionPipeline.from_pretrained(pipeline).to(device)
-            options: dict = {}
+            reward, prompt, what, num_steps, budgets = (
+                BrightnessReward(),
+                "a photo of a red apple",
+                "brightness",
+                3,
+                (12, 24),
+            )
         else:
-            from ..testing import build_tiny_flux_pipeline
+            from ..counting import CountingReward, load_pipeline, make_prompts
 
-            pipe = build_tiny_flux_pipeline(seed=seed).to(device)
-            options = {"height": 32, "width": 32, "max_sequence_length": 32}
+            pipe = load_pipeline(device=device)
+            # `seeds` different test prompts, one search each; the reward is −Σ(count error)², 0 = all counts right.
+            reward, what, num_steps, budgets = CountingReward(), "counting reward", 5, (15, 30)
+            prompt = [p.prompt for p in make_prompts(seeds, seed=seed)]
         start = time.perf_counter()
         name = type(pipe).__name__
         series, flux = _curves(
-            f"{name} brightness",
+            f"{name} {what}",
             lambda method, budget: InferenceScaler(
-                pipe, BrightnessReward(), method=method, nfe_budget=budget, num_steps=3
+                pipe, reward, method=method, nfe_budget=budget, num_steps=num_steps
             ),
-            (12, 24),
+            budgets,
             seeds,
             seed,
-            digits=4,  # random-weight FLUX: rewards differ in the fourth decimal
+            digits=3,
             device=device,
-            prompt="a photo of a red apple",
-            **options,
+            prompt=prompt,
         )
         for method, data in flux.items():
             result = data.pop("last")
@@ -161,7 +173,7 @@ def run_search_demo(
             top = max(k for k in data)
             summary["pipeline"][method] = {"reward": data[top]["mean"], "sem": data[top]["sem"], "nfe": top}
         flux_png = plot_reward_vs_nfe(
-            series, out / "search_flux.png", title=f"{name}: brightness, mean ± s.e.m. of {seeds} seeds"
+            series, out / "search_flux.png", title=f"{name}: {what}, mean ± s.e.m. of {seeds} searches"
         )
         print(
             f"{name}: {len(METHODS)} methods × 2 budgets × {seeds} seeds in {time.perf_counter() - start:.1f} s "

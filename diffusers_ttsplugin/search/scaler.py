@@ -228,6 +228,8 @@ class InferenceScaler:
         self._make_scheduler()
         self._progress_bar_config: dict = {}
         self._bar = None
+        # Bytes this process sent in the last search when sharded over ranks (`distributed.Traffic`), else None.
+        self.traffic = None
 
     # -- configuration --------------------------------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs) -> None:
@@ -421,12 +423,13 @@ class InferenceScaler:
         """Velocities at grid index k (per row or shared): one NFE per row, charged before the call."""
         counts = torch.bincount(prompt_index.cpu(), minlength=len(self._prompts)).tolist()
         self._ledger.charge(counts)
-        t = self._model_times[self._index(k, len(prompt_index))]
+        rows = len(prompt_index)  # the whole batch's NFE, on every process
+        t = self._model_times[self._index(k, rows)]
         if layout is not None and layout.sharded:
             t, prompt_index = layout.local(t), layout.local(prompt_index)
         u = self.adapter.velocity(x, t, prompt_index)
         if self._bar is not None:
-            self._bar.update(len(prompt_index))
+            self._bar.update(rows)
         return u
 
     def _step(
