@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import pkgutil
 import subprocess
 import sys
 from importlib import metadata
@@ -16,6 +17,25 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_packages_import(name):
     module = importlib.import_module(name)
     assert Path(module.__file__).resolve().is_relative_to(ROOT)
+
+
+@pytest.mark.parametrize("name", ["vllm_ttsplugin", "diffusers_ttsplugin"])
+def test_no_lazy_public_name_is_also_a_submodule(name):
+    # Importing a submodule binds it as an attribute of its package, which would then shadow a lazily resolved
+    # public name of the same spelling (`from vllm_ttsplugin import first_finish` returned the module once another
+    # module had imported `vllm_ttsplugin.first_finish`).
+    package = importlib.import_module(name)
+    submodules = {info.name for info in pkgutil.iter_modules(package.__path__)}
+    assert not submodules & set(package._LAZY)
+
+
+def test_public_first_finish_is_the_function_after_its_module_is_imported():
+    code = (
+        "import vllm_ttsplugin.deepconf, vllm_ttsplugin.first_finish_search\n"
+        "from vllm_ttsplugin import deep_conf, first_finish\n"
+        "assert callable(first_finish) and callable(deep_conf), (first_finish, deep_conf)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_kernels_folder_is_installed_under_a_unique_name(tmp_path):

@@ -31,12 +31,12 @@ _LAZY = {
     "first_finish_winners": "vllm_ttsplugin.ffs",
     "is_first_finish_stopped": "vllm_ttsplugin.ffs",
     # First Finish Search over the engine (offline / async), FFS-k@N voting
-    "FirstFinishResult": "vllm_ttsplugin.first_finish",
-    "VoteResult": "vllm_ttsplugin.first_finish",
-    "first_finish": "vllm_ttsplugin.first_finish",
-    "first_finish_async": "vllm_ttsplugin.first_finish",
-    "first_finish_vote": "vllm_ttsplugin.first_finish",
-    "majority_vote_all": "vllm_ttsplugin.first_finish",
+    "FirstFinishResult": "vllm_ttsplugin.first_finish_search",
+    "VoteResult": "vllm_ttsplugin.first_finish_search",
+    "first_finish": "vllm_ttsplugin.first_finish_search",
+    "first_finish_async": "vllm_ttsplugin.first_finish_search",
+    "first_finish_vote": "vllm_ttsplugin.first_finish_search",
+    "majority_vote_all": "vllm_ttsplugin.first_finish_search",
     # DeepConf: confidence-guided parallel thinking
     "DeepConfResult": "vllm_ttsplugin.deepconf",
     "DeepConfTrace": "vllm_ttsplugin.deepconf",
@@ -90,7 +90,7 @@ if TYPE_CHECKING:
         first_finish_winners,
         is_first_finish_stopped,
     )
-    from vllm_ttsplugin.first_finish import (
+    from vllm_ttsplugin.first_finish_search import (
         FirstFinishResult,
         VoteResult,
         first_finish,

@@ -45,7 +45,7 @@ from vllm_ttsplugin.confidence import (
     tail_confidence,
     weighted_vote,
 )
-from vllm_ttsplugin.first_finish import _as_prompt_list, _progress, _render, _Sample, _sample_params
+from vllm_ttsplugin.first_finish_search import _as_prompt_list, _progress, _render, _Sample, _sample_params
 
 if TYPE_CHECKING:
     from vllm import LLM, SamplingParams
