@@ -67,7 +67,7 @@ Hugging Face folder: `config.json` (Qwen2ForCausalLM, {config["num_layers"]} lay
 {config["num_heads"]} heads / {config["num_kv_heads"]} KV heads, MLP {config["intermediate_size"]}, tied embeddings,
 float32), `model.safetensors`, `tokenizer.json` (byte-level BPE trained with `tokenizers`, digits one per token;
 `<think>`, `</think>`, `<|im_start|>`, `<|im_end|>` (EOS) and `<|endoftext|>` (pad) are special tokens),
-`tokenizer_config.json` with the chat template, `training.json`, `SHA256SUMS` ({size / 1e6:.1f} MB in all).
+`tokenizer_config.json`, `chat_template.jinja`, `training.json`, `eval_summary.json`, `SHA256SUMS` ({size / 1e6:.1f} MB in all).
 `vllm_ttsplugin.reasoner.model_dir()` checks every file against `SHA256SUMS` and names a missing or corrupt one.
 Load it in vLLM with `dtype="float32"` (vLLM would pick bf16, whose greedy outputs differ from transformers').
 
