@@ -263,8 +263,24 @@ class ThinkingComponent(SlotComponent):
         return self.control.apply(logits, slots, slots_np, out_len, rows)
 
 
+# -- Components with opted-in member slots ----------------------------------------------------------------------
+class MemberSlotComponent(SlotComponent):
+    """A component that acts only on the slots whose requests opted in (its *members*, a host mask)."""
+
+    def __init__(self, env: SlotEnv) -> None:
+        super().__init__(env)
+        self.members_np = np.zeros(env.num_slots, dtype=bool)
+
+    @property
+    def active_np(self) -> np.ndarray:
+        return self.members_np
+
+    def _to_device(self, values) -> torch.Tensor:
+        return to_device(values, self.env.device, self.env.pin_memory)
+
+
 # -- First Finish Search -----------------------------------------------------------------------------------------
-class FirstFinishComponent(SlotComponent):
+class FirstFinishComponent(MemberSlotComponent):
     """First Finish Search: once k samples of a race finish naturally, the others are stopped (`vllm_ttsplugin.ffs`).
 
     Races and membership are host bookkeeping (`FirstFinishCore`); counting natural finishes and deciding whom to
@@ -294,7 +310,6 @@ class FirstFinishComponent(SlotComponent):
         self.marker = (
             find_marker_token(env.vocab.tokenizer, env.vocab_size) if env.vocab is not None else None
         )
-        self.members_np = np.zeros(n, dtype=bool)
         self.requests: list[FirstFinishMember | None] = [None] * n
         # Device state per slot: membership, race, k, the member's stop tokens ([n, S], -1-padded), the token
         # forced to stop it, whether losers get the marker first, and what was counted / forced / seen last.
@@ -312,13 +327,6 @@ class FirstFinishComponent(SlotComponent):
         self._ops = TorchOps(dev, env.pin_memory)
 
     _PER_SLOT = ("member", "race", "k", "stop_ids", "stop_token", "marked", "counted", "forced", "last_token")
-
-    @property
-    def active_np(self) -> np.ndarray:
-        return self.members_np
-
-    def _to_device(self, values) -> torch.Tensor:
-        return to_device(values, self.env.device, self.env.pin_memory)
 
     def parse_engine(self, params: Any, known_keys: Sequence[str] = ()) -> FirstFinishMember | None:
         extra = getattr(params, "extra_args", None)
@@ -474,7 +482,7 @@ class ConfidenceMember:
     marked: bool  # the stop token is the marker (never sampled by the member itself)
 
 
-class ConfidenceComponent(SlotComponent):
+class ConfidenceComponent(MemberSlotComponent):
     """DeepConf's online stop (`vllm_ttsplugin.confidence`): a sample whose last full window of token confidences
     has a mean below its ``tts_confidence_threshold`` gets the stop marker as its next token.
 
@@ -512,7 +520,6 @@ class ConfidenceComponent(SlotComponent):
     def __init__(self, env: SlotEnv) -> None:
         super().__init__(env)
         n, dev = env.num_slots, env.device
-        self.members_np = np.zeros(n, dtype=bool)
         self.top_k_np = np.zeros(n, dtype=np.int64)  # host copy: the step's top-k width without a sync
         self.requests: list[ConfidenceMember | None] = [None] * n  # host copy: snapshots without a sync
         self.unit_temperature_np = np.ones(n, dtype=bool)  # host: no temperature pass when every row's is 1
@@ -540,13 +547,6 @@ class ConfidenceComponent(SlotComponent):
         "ring", "total", "count", "next_pos", "lowest", "stopped",
     )  # fmt: skip
     _RUN_STATE = ("ring", "total", "count", "next_pos", "lowest", "stopped")
-
-    @property
-    def active_np(self) -> np.ndarray:
-        return self.members_np
-
-    def _to_device(self, values) -> torch.Tensor:
-        return to_device(values, self.env.device, self.env.pin_memory)
 
     def parse_engine(self, params: Any, known_keys: Sequence[str] = ()) -> ConfidenceMember | None:
         try:
