@@ -169,6 +169,11 @@ def test_mixed_load_is_exact_rejects_bad_input_and_leaves_the_server_healthy(tts
     preemptions = _metric(base, "vllm:num_preemptions_total")
 
     sessions = [requests.Session() for _ in range(CONCURRENCY)]
+    for session in sessions:
+        # A new connection per request: a pooled keep-alive connection that the server closes as idle (uvicorn's
+        # 5 s keep-alive) while a request is being sent on it fails client-side with "Remote end closed
+        # connection without response" (seen on a loaded CPU); the server never saw that request.
+        session.headers["Connection"] = "close"
     try:
         with ThreadPoolExecutor(CONCURRENCY) as pool:
             results = list(
