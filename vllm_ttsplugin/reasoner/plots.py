@@ -12,6 +12,17 @@ def _errorbars(rows: list[dict]):
     return acc, [lower, upper]
 
 
+def _finish(plt, fig, ax, path: Path, *, legend: bool = False) -> Path:
+    """Grid, layout, save at the reports' resolution, close; returns the PNG's path."""
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(results: dict, out: Path) -> list[Path]:
     import matplotlib
 
@@ -44,12 +55,7 @@ def plot_all(results: dict, out: Path) -> list[Path]:
     ax.set_xlabel("mean thinking tokens per problem")
     ax.set_ylabel(f"accuracy (n = {n}, 95 % Wilson CI)")
     ax.set_title("Thinking control on the reasoner: accuracy vs thinking length (greedy)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "thinking_control.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_finish(plt, fig, ax, out / "thinking_control.png", legend=True))
 
     # 2. Forced waits: accuracy and thinking vs the number of waits.
     rows = arms.get("forced_waits", [])
@@ -60,11 +66,7 @@ def plot_all(results: dict, out: Path) -> list[Path]:
         ax.set_xlabel("forced waits (tts_max_waits, min budget out of reach)")
         ax.set_ylabel(f"accuracy (n = {n}, 95 % CI)")
         ax.set_title("s1: ignoring the end of thinking N times")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(out / "forced_waits.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish(plt, fig, ax, out / "forced_waits.png"))
 
     # 3. Search: accuracy vs generated tokens for one sample, majority@n, FFS@n, FFS-3@n.
     search = results.get("search")
@@ -81,19 +83,14 @@ def plot_all(results: dict, out: Path) -> list[Path]:
         single = [r for r in search["rows"] if r["method"] == "mean over the n samples"]
         if single:
             r = single[-1]
-            ax.errorbar([r["mean_generated_tokens"]], [r["accuracy"]],
-                        yerr=[[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]],
-                        fmt="k*", markersize=12, capsize=3, label="one sample")  # fmt: skip
+            acc, err = _errorbars([r])
+            ax.errorbar([r["mean_generated_tokens"]], acc, yerr=err, fmt="k*", markersize=12, capsize=3,
+                        label="one sample")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("generated tokens per problem (all samples)")
         ax.set_ylabel(f"accuracy (n = {search.get('num_problems', n)} problems, 95 % CI)")
         ax.set_title(f"First Finish Search vs majority vote (T = {search['temperature']})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out / "first_finish.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish(plt, fig, ax, out / "first_finish.png", legend=True))
 
         premise = search.get("length_vs_correctness")
         if premise:
@@ -104,11 +101,7 @@ def plot_all(results: dict, out: Path) -> list[Path]:
             ax.set_xlabel(f"length rank among the {premise['n']} samples of a problem (0 = shortest)")
             ax.set_ylabel("accuracy (95 % CI)")
             ax.set_title("FFS's premise on the reasoner: are shorter traces more often right?")
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            paths.append(out / "length_vs_correctness.png")
-            fig.savefig(paths[-1], dpi=110)
-            plt.close(fig)
+            paths.append(_finish(plt, fig, ax, out / "length_vs_correctness.png"))
 
     # 4. Greedy accuracy by difficulty.
     by_steps = results.get("accuracy_by_steps_greedy")
@@ -120,9 +113,5 @@ def plot_all(results: dict, out: Path) -> list[Path]:
         ax.set_xlabel("operations in the problem")
         ax.set_ylabel("greedy accuracy (95 % CI)")
         ax.set_title("Difficulty: accuracy by number of operations")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(out / "accuracy_by_steps.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_finish(plt, fig, ax, out / "accuracy_by_steps.png"))
     return paths
